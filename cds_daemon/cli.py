@@ -1,0 +1,126 @@
+"""The ``cds-daemon`` command line: serve, check, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cds_daemon.config import ConfigError, Settings, load_settings
+from cds_daemon.logs import configure_logging
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from cds_daemon.service import serve
+
+    configure_logging(settings.log_level)
+    return serve(settings)
+
+
+def _check_data_dir(path: Path) -> tuple[bool, str]:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-", delete=True) as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return False, f"data directory {path} is not writable: {exc}"
+    return True, f"data directory {path} is writable"
+
+
+def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from cds_daemon.peers import echo
+
+    results: list[dict[str, object]] = [{"check": "config", "ok": True, "detail": "configuration is valid"}]
+    ok, detail = _check_data_dir(settings.storage.data_dir)
+    results.append({"check": "data_dir", "ok": ok, "detail": detail})
+    for dest in settings.destinations:
+        res = echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
+        results.append(
+            {
+                "check": f"destination:{dest.name}",
+                "ok": res.ok,
+                "detail": f"{dest.ae_title}@{dest.host}:{dest.port}: {res.detail} ({res.ms} ms)",
+            }
+        )
+    passed = all(r["ok"] for r in results)
+    if args.json:
+        print(json.dumps({"ok": passed, "checks": results}, indent=2))
+    else:
+        for r in results:
+            print(f"{'PASS' if r['ok'] else 'FAIL'}  {r['check']}: {r['detail']}")
+        print("all checks passed" if passed else "some checks FAILED")
+    return EXIT_OK if passed else EXIT_CHECK_FAILED
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from cds_daemon.store import Store
+
+    db = settings.storage.database
+    if not db.exists():
+        print(f"no database at {db}: the daemon has not run with this data directory", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    store = Store(db)
+    try:
+        report = {
+            "database": str(db),
+            "schema_version": store.schema_version,
+            "instances": store.counts_by_state(),
+            "rejections": store.rejection_counts(),
+        }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"database: {report['database']} (schema {report['schema_version']})")
+        print("instances:")
+        for state, n in report["instances"].items():
+            print(f"  {state:<11} {n}")
+        print("rejections:" + ("" if report["rejections"] else " none"))
+        for reason, n in sorted(report["rejections"].items()):
+            print(f"  {n:>6}  {reason}")
+    return EXIT_OK
+
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds-daemon", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML config file (default: $CDS_CONFIG, else built-ins)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service (DICOM listener and pipeline)")
+    serve.set_defaults(func=_cmd_serve)
+    check = sub.add_parser("check", help="validate config and data dir, C-ECHO every destination")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per C-ECHO")
+    check.set_defaults(func=_cmd_check)
+    status = sub.add_parser("status", help="counts per state from the store")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"cds-daemon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    func: Command = args.func
+    return func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

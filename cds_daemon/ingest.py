@@ -1,0 +1,236 @@
+"""The DICOM listener: C-ECHO and C-STORE SCP.
+
+A C-STORE is answered Success only after its bytes are durable in the spool and its row is
+committed in the store. The handler parses the header, checks it, writes, records, and
+returns; it never decodes pixels or runs the model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from cds_daemon.config import ListenerSettings
+from cds_daemon.dicom_accept import (
+    ACCEPTED_SOP_CLASSES,
+    ACCEPTED_TRANSFER_SYNTAXES,
+    NotAcceptable,
+    check_dataset,
+)
+from cds_daemon.logs import get_logger
+from cds_daemon.spool import DiskFullError, Spool
+from cds_daemon.store import NewInstance, Store
+from cds_daemon.tls import server_context
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+NOT_MATCHING = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+log = get_logger("ingest")
+
+
+def _force_parse(ds: Dataset) -> None:
+    """Convert every raw element (nested sequences too) so garbage fails here, not later."""
+    for _ in ds.iterall():
+        pass
+
+
+class Listener:
+    """Owns the pynetdicom AE and its association server."""
+
+    def __init__(self, settings: ListenerSettings, store: Store, spool: Spool) -> None:
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+        self._server: ThreadedAssociationServer | None = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.acse_timeout = s.acse_timeout_s
+        ae.dimse_timeout = s.dimse_timeout_s
+        ae.network_timeout = s.network_timeout_s
+        ae.require_called_aet = True
+        ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
+        return ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("listener not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.bind_address, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=server_context(self.settings.tls),
+        )
+        log.info(
+            "listener_started",
+            ae_title=self.settings.ae_title,
+            address=self.settings.bind_address,
+            port=self.port,
+            tls=self.settings.tls.enabled,
+        )
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting; let open associations finish within the grace period; then abort."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        deadline = time.monotonic() + (self.settings.stop_grace_s if grace_s is None else grace_s)
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftover = server.active_associations
+        for assoc in leftover:
+            assoc.abort()
+        log.info("listener_stopped", aborted_associations=len(leftover))
+
+    # --- handlers (run on association threads) ----------------------------------------------
+
+    def _on_requested(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        calling = requestor.primitive.calling_ae_title.strip()
+        address = requestor.address
+        for caller in self.settings.allowed_callers:
+            if caller.ae_title == calling:
+                if caller.permits(address):
+                    return
+                reason = "calling AE title not permitted from this address"
+                break
+        else:
+            reason = "calling AE title not recognised"
+        log.warning("association_rejected", calling_ae=calling, peer=address, reason=reason)
+        self.store.record_rejection(
+            status=0x0103, reason=f"association: {reason}", calling_ae=calling, peer_address=address
+        )
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        # As pynetdicom does for its own rejections: let the DUL flush the A-ASSOCIATE-RJ.
+        event.assoc.kill()
+
+    def _on_echo(self, event: Event) -> int:
+        log.info("echo", calling_ae=event.assoc.requestor.ae_title, peer=event.assoc.requestor.address)
+        return SUCCESS
+
+    def _on_store(self, event: Event) -> int | Dataset:
+        started = time.perf_counter()
+        calling = event.assoc.requestor.ae_title
+        peer = event.assoc.requestor.address
+        context = event.context
+        request = event.request
+        claimed_uid = str(request.AffectedSOPInstanceUID or "")
+        try:
+            ds = event.dataset
+            _force_parse(ds)
+        except Exception as exc:  # pydicom raises many types on malformed input
+            return self._refuse(
+                CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid
+            )
+        try:
+            header = check_dataset(
+                ds,
+                context_sop_class=context.abstract_syntax,
+                request_sop_instance=claimed_uid,
+                transfer_syntax=context.transfer_syntax,
+                max_image_pixels=self.settings.max_image_pixels,
+            )
+        except NotAcceptable as exc:
+            return self._refuse(NOT_MATCHING, str(exc), calling, peer, context, claimed_uid)
+        except Exception as exc:
+            return self._refuse(
+                CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid
+            )
+
+        uid = header.sop_instance_uid
+        if self.store.has_instance(uid):
+            self.store.audit(calling, "received-duplicate", uid, peer=peer)
+            self._log_received(started, calling, peer, context, uid, 0, duplicate=True)
+            return SUCCESS
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            spooled = self.spool.write(uid, data)
+        except DiskFullError as exc:
+            log.error("disk_full", reason=str(exc), calling_ae=calling, sop_instance_uid=uid)
+            return self._refuse(OUT_OF_RESOURCES, f"out of resources: {exc}", calling, peer, context, uid)
+        except OSError as exc:
+            log.error("spool_write_failed", reason=str(exc), sop_instance_uid=uid)
+            return self._refuse(
+                OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", calling, peer, context, uid
+            )
+        self.store.record_received(
+            NewInstance(
+                sop_instance_uid=uid,
+                sop_class_uid=header.sop_class_uid,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                accession_number=header.accession_number,
+                transfer_syntax_uid=str(context.transfer_syntax),
+                calling_ae=calling,
+                peer_address=peer,
+                spool_path=str(spooled.path),
+                size_bytes=spooled.size,
+                sha256=spooled.sha256,
+            ),
+            actor=calling,
+        )
+        self._log_received(started, calling, peer, context, uid, spooled.size, duplicate=False)
+        return SUCCESS
+
+    def _log_received(
+        self, started: float, calling: str, peer: str, context: Any, uid: str, size: int, *, duplicate: bool
+    ) -> None:
+        log.info(
+            "instance_received",
+            calling_ae=calling,
+            peer=peer,
+            sop_class_uid=context.abstract_syntax,
+            sop_instance_uid=uid,
+            transfer_syntax=context.transfer_syntax,
+            bytes=size,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            duplicate=duplicate,
+        )
+
+    def _refuse(self, status: int, reason: str, calling: str, peer: str, context: Any, uid: str) -> Dataset:
+        reason = reason[:200]
+        log.warning(
+            "store_refused",
+            status=f"0x{status:04X}",
+            reason=reason,
+            calling_ae=calling,
+            peer=peer,
+            sop_class_uid=context.abstract_syntax,
+            sop_instance_uid=uid or None,
+        )
+        self.store.record_rejection(
+            status=status,
+            reason=reason,
+            calling_ae=calling,
+            peer_address=peer,
+            sop_class_uid=str(context.abstract_syntax),
+            sop_instance_uid=uid or None,
+        )
+        rsp = Dataset()
+        rsp.Status = status
+        rsp.ErrorComment = reason[:64]
+        return rsp

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import DaemonProcess, OrthancProcess
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Factory: ``make_daemon(**fields).start()``; every daemon is killed at teardown."""
+    made: list[DaemonProcess] = []
+
+    def factory(**kwargs: object) -> DaemonProcess:
+        d = DaemonProcess(workdir=tmp_path / f"daemon{len(made)}", **kwargs)  # type: ignore[arg-type]
+        made.append(d)
+        return d
+
+    yield factory
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    return make_daemon().start()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    pacs = OrthancProcess(workdir=tmp_path / "orthanc").start()
+    yield pacs
+    pacs.stop()

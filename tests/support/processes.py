@@ -1,0 +1,220 @@
+"""Real peers for the tests: the daemon as a process, Orthanc as the PACS, dcmtk as clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMON_AE = "THYROID_CDS"
+SENDER_AE = "STORESCU"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+@dataclass
+class DaemonProcess:
+    """``python -m cds_daemon serve`` with a config file written for the test."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    allowed: list[tuple[str, list[str]]] = field(
+        default_factory=lambda: [(SENDER_AE, ["127.0.0.1/32"]), ("ORTHANC", ["127.0.0.1/32"])]
+    )
+    destinations: list[tuple[str, str, int]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "config.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "daemon.log"
+
+    def write_config(self) -> None:
+        lines = [
+            'log_level = "info"',
+            "[listener]",
+            f'ae_title = "{DAEMON_AE}"',
+            'bind_address = "127.0.0.1"',
+            f"port = {self.port}",
+            "stop_grace_s = 5",
+            "[storage]",
+            f"data_dir = {toml_value(self.data_dir)}",
+            "min_free_mb = 1",
+        ]
+        for ae, addresses in self.allowed:
+            lines += ["[[listener.allowed_callers]]", f'ae_title = "{ae}"', f"addresses = {toml_value(addresses)}"]
+        for name, ae, port in self.destinations:
+            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{ae}"', 'host = "127.0.0.1"', f"port = {port}"]
+        if not self.destinations:
+            lines.insert(0, "destinations = []")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> DaemonProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        env = {**os.environ, "CDS_CONFIG": str(self.config_path), **self.extra_env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cds_daemon", "serve"], cwd=self.workdir, env=env, stdout=log, stderr=log
+        )
+        log.close()
+        self.starts += 1
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CDS_CONFIG": str(self.config_path)}
+        return subprocess.run(
+            [sys.executable, "-m", "cds_daemon", *args], cwd=self.workdir, env=env, capture_output=True, text=True
+        )
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"{tool} not found: install Debian's dcmtk")
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def storescu(port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()):
+    """Send files in one association. ``extra`` e.g. ``("-xy",)`` proposes JPEG baseline."""
+    return dcmtk("storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files))
+
+
+def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE):
+    return dcmtk("echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port))
+
+
+@dataclass
+class OrthancProcess:
+    """Debian's Orthanc in the foreground with its own config, storage and ports."""
+
+    workdir: Path
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OrthancProcess:
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        if not Path(binary).exists():
+            raise RuntimeError("Orthanc not found: install Debian's orthanc")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "HttpBindAddress": "127.0.0.1",  # 1.10 ignores unknown keys
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomModalities": {k: [ae, "127.0.0.1", port] for k, (ae, port) in self.modalities.items()},
+            "Plugins": [],
+            "StableAge": 1,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([binary, str(path)], stdout=log, stderr=log, cwd=self.workdir)
+        log.close()
+        wait_for_port(self.http_port, proc=self.proc)
+        wait_for_port(self.dicom_port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
+            return json.loads(rsp.read())
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def tags(self, orthanc_id: str) -> dict[str, Any]:
+        return self.get(f"/instances/{orthanc_id}/simplified-tags")
+
+    def file(self, orthanc_id: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file") as rsp:
+            return rsp.read()
+
+    def alive(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
