@@ -129,6 +129,43 @@ class Destination(_Section):
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
 
+class EgressSettings(_Section):
+    """Sending results to the destinations (the outbox)."""
+
+    timeout_s: float = Field(30.0, gt=0, description="connect / ACSE / DIMSE timeout per association")
+    batch_size: int = Field(50, ge=1, le=1000, description="objects per association")
+    max_attempts: int = Field(12, ge=1, description="after this many failed attempts: dead letter")
+    retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles each attempt")
+    retry_max_s: float = Field(600.0, gt=0, description="longest delay between attempts")
+    poll_s: float = Field(2.0, gt=0, description="how often the outbox is scanned for due retries")
+
+
+class QualitySettings(_Section):
+    """Input-quality gate thresholds (statistics on a 512 px copy of the image)."""
+
+    min_side_px: int = Field(224, ge=1, description="shorter side below this: too small")
+    min_colourfulness: float = Field(0.04, ge=0, description="mean HSV saturation below this: not colour")
+    max_brightness: float = Field(240.0, description="mean luminance above this: overexposed")
+    min_brightness: float = Field(40.0, description="mean luminance below this: underexposed")
+    max_clipped_fraction: float = Field(0.5, gt=0, le=1, description="share of clipped pixels tolerated")
+    tissue_saturation: float = Field(0.12, ge=0, le=1, description="saturation that counts as stained")
+    min_tissue_fraction: float = Field(0.01, ge=0, le=1, description="stained share below this: empty field")
+    min_sharpness: float = Field(8.0, ge=0, description="Laplacian variance below this: out of focus")
+
+
+class TriageSettings(_Section):
+    """When a prediction goes to the expert-review worklist. Every reason that applies is recorded."""
+
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="refer below this calibrated confidence; empty = the bundle's value"
+    )
+    refer_indeterminate: bool = True
+    refer_ensemble_disagreement: bool = True
+    refer_conformal_not_singleton: bool = True
+    refer_ood: bool = True
+    refer_quality: bool = True
+
+
 class StorageSettings(_Section):
     """Where received files and the database live."""
 
@@ -156,6 +193,9 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(
         default_factory=lambda: [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)]
     )
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

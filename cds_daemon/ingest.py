@@ -8,6 +8,7 @@ returns; it never decodes pixels or runs the model.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom import Dataset
@@ -45,8 +46,15 @@ def _force_parse(ds: Dataset) -> None:
 class Listener:
     """Owns the pynetdicom AE and its association server."""
 
-    def __init__(self, settings: ListenerSettings, store: Store, spool: Spool) -> None:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        store: Store,
+        spool: Spool,
+        on_received: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
+        self.on_received = on_received
         self.store = store
         self.spool = spool
         self._server: ThreadedAssociationServer | None = None
@@ -194,6 +202,7 @@ class Listener:
             actor=calling,
         )
         self._log_received(started, calling, peer, context, uid, spooled.size, duplicate=False)
+        self.on_received()
         return SUCCESS
 
     def _log_received(

@@ -74,6 +74,45 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_uid ON audit (sop_instance_uid);
     """,
+    """
+    CREATE TABLE predictions (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL UNIQUE REFERENCES instances (sop_instance_uid),
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        predicted TEXT,
+        probabilities TEXT,
+        referred INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        kind TEXT NOT NULL,
+        object_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending','delivered','dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (object_uid, destination)
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+    CREATE INDEX outbox_source ON outbox (sop_instance_uid);
+    """,
+)
+
+
+_OUTBOX_SELECT = (
+    "SELECT id, sop_instance_uid, kind, object_uid, sop_class_uid, destination, path, state,"
+    " attempts, next_attempt_at, last_error FROM outbox"
 )
 
 
@@ -104,6 +143,43 @@ class Instance:
     attempts: int
     received_at: str
     updated_at: str
+
+
+@dataclass(frozen=True)
+class OutputObject:
+    """A DICOM object made for a source instance, waiting in the outbox."""
+
+    kind: str
+    object_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    sop_instance_uid: str
+    kind: str
+    object_uid: str
+    sop_class_uid: str
+    destination: str
+    path: str
+    state: str
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    model_name: str
+    model_version: str
+    model_sha256: str
+    predicted: str | None
+    probabilities: list[float] | None
+    referred: bool
+    reasons: list[str]
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -198,23 +274,17 @@ class Store:
                 ),
             )
             inserted = cur.rowcount == 1
-            self._audit(
-                db, actor, "received" if inserted else "received-duplicate", new.sop_instance_uid, None
-            )
+            self._audit(db, actor, "received" if inserted else "received-duplicate", new.sop_instance_uid, None)
         return inserted
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            ).fetchone()
+            row = self._db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
         return row is not None
 
     def get_instance(self, sop_instance_uid: str) -> Instance | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            ).fetchone()
+            row = self._db.execute("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
         return Instance(**dict(row)) if row else None
 
     def instances(self, state: str | None = None, limit: int = 1000) -> list[Instance]:
@@ -231,27 +301,28 @@ class Store:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT spool_path FROM instances")}
 
-    def set_state(
-        self, sop_instance_uid: str, new_state: str, *, actor: str, reason: str | None = None
-    ) -> None:
+    def set_state(self, sop_instance_uid: str, new_state: str, *, actor: str, reason: str | None = None) -> None:
         """Move an instance along the state machine; refuses transitions it does not allow."""
         if new_state not in STATES:
             raise StateError(f"unknown state {new_state!r}")
         with self._tx() as db:
-            row = db.execute(
-                "SELECT state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            ).fetchone()
-            if row is None:
-                raise StateError(f"no instance {sop_instance_uid}")
-            if new_state not in TRANSITIONS[row["state"]]:
-                raise StateError(f"{sop_instance_uid}: {row['state']} -> {new_state} is not allowed")
-            db.execute(
-                "UPDATE instances SET state = ?, state_reason = ?, updated_at = ?,"
-                " attempts = attempts + (CASE WHEN ? = 'processing' THEN 1 ELSE 0 END)"
-                " WHERE sop_instance_uid = ?",
-                (new_state, reason, utcnow(), new_state, sop_instance_uid),
-            )
-            self._audit(db, actor, f"state:{row['state']}->{new_state}", sop_instance_uid, reason)
+            self._transition(db, sop_instance_uid, new_state, actor, reason)
+
+    def _transition(
+        self, db: sqlite3.Connection, sop_instance_uid: str, new_state: str, actor: str, reason: str | None
+    ) -> None:
+        row = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        if row is None:
+            raise StateError(f"no instance {sop_instance_uid}")
+        if new_state not in TRANSITIONS[row["state"]]:
+            raise StateError(f"{sop_instance_uid}: {row['state']} -> {new_state} is not allowed")
+        db.execute(
+            "UPDATE instances SET state = ?, state_reason = ?, updated_at = ?,"
+            " attempts = attempts + (CASE WHEN ? = 'processing' THEN 1 ELSE 0 END)"
+            " WHERE sop_instance_uid = ?",
+            (new_state, reason, utcnow(), new_state, sop_instance_uid),
+        )
+        self._audit(db, actor, f"state:{row['state']}->{new_state}", sop_instance_uid, reason)
 
     def claim_next(self, actor: str) -> Instance | None:
         """Atomically take the oldest ``received`` instance and mark it ``processing``."""
@@ -273,9 +344,7 @@ class Store:
     def requeue_interrupted(self, actor: str) -> int:
         """After a restart, instances left ``processing`` go back to ``received``."""
         with self._tx() as db:
-            uids = [
-                r[0] for r in db.execute("SELECT sop_instance_uid FROM instances WHERE state = 'processing'")
-            ]
+            uids = [r[0] for r in db.execute("SELECT sop_instance_uid FROM instances WHERE state = 'processing'")]
             db.execute(
                 "UPDATE instances SET state = 'received', state_reason = 'requeued after restart',"
                 " updated_at = ? WHERE state = 'processing'",
@@ -291,6 +360,170 @@ class Store:
         counts = dict.fromkeys(STATES, 0)
         counts.update({r[0]: r[1] for r in rows})
         return counts
+
+    # --- predictions and outbox ---------------------------------------------------------------
+
+    def record_result(
+        self,
+        sop_instance_uid: str,
+        prediction: PredictionRecord,
+        outputs: list[OutputObject],
+        destinations: list[str],
+        *,
+        actor: str,
+    ) -> None:
+        """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
+
+        Re-running an instance replaces its prediction and re-queues its objects (their UIDs
+        are deterministic, so the PACS receives replacements, not duplicates).
+        """
+        now = utcnow()
+        p = prediction
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,
+                       predicted, probabilities, referred, reasons, detail, created_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT (sop_instance_uid) DO UPDATE SET model_name = excluded.model_name,
+                       model_version = excluded.model_version, model_sha256 = excluded.model_sha256,
+                       predicted = excluded.predicted, probabilities = excluded.probabilities,
+                       referred = excluded.referred, reasons = excluded.reasons, detail = excluded.detail,
+                       created_at = excluded.created_at""",
+                (
+                    sop_instance_uid,
+                    p.model_name,
+                    p.model_version,
+                    p.model_sha256,
+                    p.predicted,
+                    None if p.probabilities is None else json.dumps(p.probabilities),
+                    int(p.referred),
+                    json.dumps(p.reasons),
+                    json.dumps(p.detail),
+                    now,
+                ),
+            )
+            for out in outputs:
+                for dest in destinations:
+                    db.execute(
+                        """INSERT INTO outbox (sop_instance_uid, kind, object_uid, sop_class_uid, destination,
+                               path, state, attempts, next_attempt_at, created_at, updated_at)
+                           VALUES (?,?,?,?,?,?,'pending',0,?,?,?)
+                           ON CONFLICT (object_uid, destination) DO UPDATE SET path = excluded.path,
+                               state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,
+                               last_error = NULL, updated_at = excluded.updated_at""",
+                        (
+                            sop_instance_uid,
+                            out.kind,
+                            out.object_uid,
+                            out.sop_class_uid,
+                            dest,
+                            out.path,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+            self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None)
+            if not destinations:
+                self._audit(db, actor, "no-destinations", sop_instance_uid, None)
+
+    def get_prediction(self, sop_instance_uid: str) -> PredictionRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM predictions WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        if row is None:
+            return None
+        return PredictionRecord(
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            model_sha256=row["model_sha256"],
+            predicted=row["predicted"],
+            probabilities=None if row["probabilities"] is None else json.loads(row["probabilities"]),
+            referred=bool(row["referred"]),
+            reasons=json.loads(row["reasons"]),
+            detail=json.loads(row["detail"]),
+        )
+
+    def due_outbox(self, now: str | None = None, limit: int = 100) -> list[OutboxItem]:
+        """Pending items whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                _OUTBOX_SELECT
+                + " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+                (now or utcnow(), limit),
+            ).fetchall()
+        return [OutboxItem(**dict(r)) for r in rows]
+
+    def next_outbox_due(self) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def outbox_items(self, sop_instance_uid: str) -> list[OutboxItem]:
+        with self._lock:
+            rows = self._db.execute(
+                _OUTBOX_SELECT + " WHERE sop_instance_uid = ? ORDER BY id",
+                (sop_instance_uid,),
+            ).fetchall()
+        return [OutboxItem(**dict(r)) for r in rows]
+
+    def mark_delivered(self, item_id: int, *, actor: str) -> bool:
+        """Mark one object delivered; returns True when that completed its source instance."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid, kind, destination FROM outbox WHERE id = ?", (item_id,)
+            ).fetchone()
+            db.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_error = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (utcnow(), item_id),
+            )
+            uid = row["sop_instance_uid"]
+            self._audit(db, actor, f"delivered:{row['kind']}", uid, {"destination": row["destination"]})
+            left = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE sop_instance_uid = ? AND state != 'delivered'", (uid,)
+            ).fetchone()[0]
+            state = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()[0]
+            if left == 0 and state == "reported":
+                self._transition(db, uid, "delivered", actor, None)
+                return True
+        return False
+
+    def mark_retry(self, item_id: int, error: str, next_attempt_at: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (error[:500], next_attempt_at, utcnow(), item_id),
+            )
+
+    def mark_dead(self, item_id: int, error: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ?"
+                " WHERE id = ?",
+                (error[:500], utcnow(), item_id),
+            )
+            row = db.execute(
+                "SELECT sop_instance_uid, kind, destination FROM outbox WHERE id = ?", (item_id,)
+            ).fetchone()
+            self._audit(db, actor, f"dead-letter:{row['kind']}", row["sop_instance_uid"], error[:500])
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        counts = {"pending": 0, "delivered": 0, "dead": 0}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def dead_letters(self, limit: int = 50) -> list[OutboxItem]:
+        with self._lock:
+            rows = self._db.execute(
+                _OUTBOX_SELECT + " WHERE state = 'dead' ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [OutboxItem(**dict(r)) for r in rows]
 
     # --- rejections and audit ----------------------------------------------------------------
 

@@ -38,7 +38,10 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     [
         ("[listener]\nport = 70000\n", "listener.port"),
         ('[listener]\nae_title = "MUCH_TOO_LONG_AE_TITLE"\n', "listener.ae_title"),
-        ('[[listener.allowed_callers]]\nae_title = "X"\naddresses = ["not-an-ip"]\n', "listener.allowed_callers.0"),
+        (
+            '[[listener.allowed_callers]]\nae_title = "X"\naddresses = ["not-an-ip"]\n',
+            "listener.allowed_callers.0",
+        ),
         ("[listener]\nprot = 1\n", "listener.prot"),
         ("[listener.tls]\nenabled = true\n", "listener.tls"),
         ("worker_threads = 0\n", "worker_threads"),

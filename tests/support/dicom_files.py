@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from dicom_fixtures.synth import make_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
 
@@ -13,7 +12,13 @@ HEADER_END = 132  # preamble + "DICM"
 
 
 def write_images(
-    out: Path, n: int, *, iod: str = "vl-microscopic", ts: str = "explicit", seed: int = 0, label: str = "benign"
+    out: Path,
+    n: int,
+    *,
+    iod: str = "vl-microscopic",
+    ts: str = "explicit",
+    seed: int = 0,
+    label: str = "benign",
 ) -> list[Path]:
     """``n`` synthetic FNAB fields as DICOM files (distinct SOPInstanceUIDs)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -89,9 +89,19 @@ class DaemonProcess:
             "min_free_mb = 1",
         ]
         for ae, addresses in self.allowed:
-            lines += ["[[listener.allowed_callers]]", f'ae_title = "{ae}"', f"addresses = {toml_value(addresses)}"]
+            lines += [
+                "[[listener.allowed_callers]]",
+                f'ae_title = "{ae}"',
+                f"addresses = {toml_value(addresses)}",
+            ]
         for name, ae, port in self.destinations:
-            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{ae}"', 'host = "127.0.0.1"', f"port = {port}"]
+            lines += [
+                "[[destinations]]",
+                f'name = "{name}"',
+                f'ae_title = "{ae}"',
+                'host = "127.0.0.1"',
+                f"port = {port}",
+            ]
         if not self.destinations:
             lines.insert(0, "destinations = []")
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -130,7 +140,11 @@ class DaemonProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CDS_CONFIG": str(self.config_path)}
         return subprocess.run(
-            [sys.executable, "-m", "cds_daemon", *args], cwd=self.workdir, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "cds_daemon", *args],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
         )
 
 
@@ -140,9 +154,29 @@ def dcmtk(tool: str, *args: str, timeout: float = 120.0) -> subprocess.Completed
     return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def storescu(port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()):
-    """Send files in one association. ``extra`` e.g. ``("-xy",)`` proposes JPEG baseline."""
-    return dcmtk("storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files))
+#: storescu proposes only uncompressed syntaxes unless told; the option that proposes each one.
+STORESCU_PROPOSE = {
+    "explicit": (),
+    "implicit": (),
+    "jpeg-baseline": ("-xy",),
+    "jpeg2000": ("-xv",),
+    "rle": ("-xr",),
+    "jpeg-ls": ("-xt",),
+    "deflated": ("-xd",),
+}
+
+
+def storescu(
+    port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()
+):
+    """Send files in one association. ``extra`` e.g. ``("-xy",)`` proposes JPEG baseline.
+
+    ``-R`` proposes only the SOP classes and transfer syntaxes the files need, so compressed
+    files go as they are instead of storescu's default list of uncompressed syntaxes.
+    """
+    return dcmtk(
+        "storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)
+    )
 
 
 def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE):

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One command on a fresh Debian machine: set up, start a demo PACS (Orthanc on 4242/8042)
+# and cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112), send sample
+# microscope images with dcmtk's storescu, and show what the daemon received.
+#   bash deploy/demo.sh           keeps both running until Ctrl-C
+#   bash deploy/demo.sh --once    stops them after showing the result
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
+
+bash deploy/setup.sh
+PY=.venv/bin/python
+mkdir -p var/demo/orthanc var/demo/samples
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "demo: nothing listening on port $1 (see var/demo/*.log)" >&2; exit 1
+}
+for port in 4242 8042 11112; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo: port $port is already in use; stop what runs there (a system Orthanc?) and retry" >&2; exit 1
+  fi
+done
+
+echo "demo: starting Orthanc (DICOM 4242, web http://127.0.0.1:8042)"
+/usr/sbin/Orthanc deploy/orthanc-demo.json > var/demo/orthanc.log 2>&1 & pids+=($!)
+echo "demo: starting cds-daemon (AE THYROID_CDS, port 11112, data in var/data)"
+.venv/bin/cds-daemon serve > var/demo/daemon.log 2>&1 & pids+=($!)
+wait_port 4242; wait_port 11112
+
+.venv/bin/cds-daemon check
+echo "demo: writing sample images (VL Microscopic; explicit LE and JPEG baseline)"
+$PY -m dicom_fixtures make-dicom var/demo/samples --n 3 --iod vl-microscopic --ts explicit --seed 1 --label benign
+$PY -m dicom_fixtures make-dicom var/demo/samples --n 3 --iod vl-microscopic --ts jpeg-baseline --seed 2 --label malignant
+echo "demo: sending with storescu"
+storescu -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/*.dcm
+echo "demo: received by the daemon (JSON log lines):"
+grep '"instance_received"' var/demo/daemon.log | tail -n 6
+.venv/bin/cds-daemon status
+
+if [ "$ONCE" -eq 1 ]; then exit 0; fi
+echo "demo: running; logs in var/demo/*.log. Ctrl-C stops both."
+wait
