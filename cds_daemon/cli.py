@@ -76,6 +76,18 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "schema_version": store.schema_version,
             "instances": store.counts_by_state(),
             "rejections": store.rejection_counts(),
+            "outbox": store.outbox_counts(),
+            "dead_letters": [
+                {
+                    "kind": d.kind,
+                    "destination": d.destination,
+                    "source_uid": d.sop_instance_uid,
+                    "object_uid": d.object_uid,
+                    "attempts": d.attempts,
+                    "error": d.last_error,
+                }
+                for d in store.dead_letters()
+            ],
         }
     finally:
         store.close()
@@ -89,7 +101,56 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print("rejections:" + ("" if report["rejections"] else " none"))
         for reason, n in sorted(report["rejections"].items()):
             print(f"  {n:>6}  {reason}")
+        print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
+        for d in report["dead_letters"]:
+            print(
+                f"  DEAD  {d['kind']} -> {d['destination']} after {d['attempts']} attempts: {d['error']}"
+                f" (source {d['source_uid']})"
+            )
     return EXIT_OK
+
+
+def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the pipeline on local files, no PACS and no store: for troubleshooting."""
+    from cds_daemon.bundle import BundleError
+    from cds_daemon.engine import Engine
+    from cds_daemon.pixels import DecodeError
+    from cds_daemon.worker import encode, prediction_record, process_image
+
+    bundle = args.bundle or settings.model_bundle
+    if bundle is None:
+        print("cds-daemon: replay needs a model bundle (--bundle or model_bundle in the config)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        engine = Engine(bundle, threads=settings.worker_threads)
+    except (BundleError, OSError) as exc:
+        print(f"cds-daemon: model bundle {bundle}: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.files:
+        try:
+            processed = process_image(path, engine, settings)
+        except (DecodeError, OSError, ValueError) as exc:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": str(exc)}))
+            continue
+        target = args.out / path.stem
+        target.mkdir(exist_ok=True)
+        for kind, ds in processed.objects:
+            (target / f"{kind}.dcm").write_bytes(encode(ds))
+        record = prediction_record(processed)
+        summary = {
+            "file": str(path),
+            "predicted": record.predicted,
+            "probabilities": record.probabilities,
+            "referred": record.referred,
+            "reasons": record.reasons,
+            "outputs": str(target),
+        }
+        (target / "result.json").write_text(json.dumps({**summary, "detail": record.detail}, indent=2))
+        print(json.dumps(summary))
+    return EXIT_CHECK_FAILED if failures else EXIT_OK
 
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -108,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="counts per state from the store")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
+    replay = sub.add_parser("replay", help="run the pipeline on local DICOM files, write results to a folder")
+    replay.add_argument("files", nargs="+", type=Path)
+    replay.add_argument("--out", type=Path, default=Path("replay-out"))
+    replay.add_argument("--bundle", type=Path, help="model bundle (default: model_bundle from the config)")
+    replay.set_defaults(func=_cmd_replay)
     return parser
 
 

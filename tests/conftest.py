@@ -34,3 +34,11 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
     pacs = OrthancProcess(workdir=tmp_path / "orthanc").start()
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genuinely trained (barely) ThyroidEffi bundle, built once per test session."""
+    from model_build.demo import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")

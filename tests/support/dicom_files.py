@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from dicom_fixtures.synth import make_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
 

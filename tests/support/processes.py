@@ -60,7 +60,9 @@ class DaemonProcess:
         default_factory=lambda: [(SENDER_AE, ["127.0.0.1/32"]), ("ORTHANC", ["127.0.0.1/32"])]
     )
     destinations: list[tuple[str, str, int]] = field(default_factory=list)
+    bundle: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_config: str = ""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -79,6 +81,11 @@ class DaemonProcess:
     def write_config(self) -> None:
         lines = [
             'log_level = "info"',
+            "worker_threads = 2",
+        ]
+        if self.bundle is not None:
+            lines.append(f"model_bundle = {toml_value(self.bundle)}")
+        lines += [
             "[listener]",
             f'ae_title = "{DAEMON_AE}"',
             'bind_address = "127.0.0.1"',
@@ -104,7 +111,7 @@ class DaemonProcess:
             ]
         if not self.destinations:
             lines.insert(0, "destinations = []")
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config)
 
     def start(self) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -166,17 +173,13 @@ STORESCU_PROPOSE = {
 }
 
 
-def storescu(
-    port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()
-):
+def storescu(port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()):
     """Send files in one association. ``extra`` e.g. ``("-xy",)`` proposes JPEG baseline.
 
     ``-R`` proposes only the SOP classes and transfer syntaxes the files need, so compressed
     files go as they are instead of storescu's default list of uncompressed syntaxes.
     """
-    return dcmtk(
-        "storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)
-    )
+    return dcmtk("storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files))
 
 
 def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE):
@@ -235,6 +238,20 @@ class OrthancProcess:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
             return json.loads(rsp.read())
+
+    def lookup(self, dicom_uid: str) -> list[dict[str, Any]]:
+        """Orthanc resources whose DICOM UID is ``dicom_uid`` (POST /tools/lookup)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/tools/lookup", data=dicom_uid.encode(), method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=10) as rsp:
+            return list(json.loads(rsp.read()))
+
+    def instance_id(self, sop_instance_uid: str) -> str | None:
+        for res in self.lookup(sop_instance_uid):
+            if res.get("Type") == "Instance":
+                return str(res["ID"])
+        return None
 
     def instances(self) -> list[str]:
         return list(self.get("/instances"))

@@ -1,0 +1,151 @@
+"""Issue 5 end to end: storescu -> daemon -> model -> SR/SC/KOS -> Orthanc, as real processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from cds_daemon.bundle import read_manifest
+from cds_daemon.reports.uids import derived_uid
+from tests.support.dicom_files import write_images
+from tests.support.processes import STORESCU_PROPOSE, DaemonProcess, OrthancProcess, storescu
+
+pytestmark = pytest.mark.integration
+
+FAST_EGRESS = "[egress]\nretry_base_s = 0.3\nretry_max_s = 1.0\npoll_s = 0.5\ntimeout_s = 5\n"
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _start(make_daemon: Callable[..., DaemonProcess], bundle: Path, pacs: OrthancProcess) -> DaemonProcess:
+    return make_daemon(
+        bundle=bundle, destinations=[("pacs", "ORTHANC", pacs.dicom_port)], extra_config=FAST_EGRESS
+    ).start()
+
+
+def _outputs(pacs: OrthancProcess, source_uid: str, version: str) -> dict[str, str | None]:
+    return {kind: pacs.instance_id(derived_uid(source_uid, version, kind)) for kind in ("sr", "sc", "kos")}
+
+
+def test_images_come_back_as_sr_sc_and_kos(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    sources: list[Path] = []
+    for i, (iod, ts, label) in enumerate(
+        [
+            ("vl-microscopic", "explicit", "benign"),
+            ("vl-microscopic", "jpeg-baseline", "malignant"),
+            ("vl-slide-microscopic", "jpeg2000", "indeterminate"),
+            ("vl-photographic", "rle", "benign"),
+            ("sc", "explicit", "malignant"),
+        ]
+    ):
+        files = write_images(tmp_path / f"in{i}", 1, iod=iod, ts=ts, seed=300 + i, label=label)
+        r = storescu(daemon.port, *files, extra=STORESCU_PROPOSE[ts])
+        assert r.returncode == 0, r.stderr
+        sources += files
+
+    for path in sources:
+        src = pydicom.dcmread(path)
+        uid = str(src.SOPInstanceUID)
+
+        def complete(uid: str = uid) -> bool:
+            out = _outputs(orthanc, uid, version)
+            return out["sr"] is not None and out["sc"] is not None
+
+        _wait(complete, 120, f"SR and SC for {path.name}")
+        out = _outputs(orthanc, uid, version)
+        sr = hd.sr.srread(io.BytesIO(orthanc.file(out["sr"])))  # type: ignore[arg-type]
+        sc = pydicom.dcmread(io.BytesIO(orthanc.file(out["sc"])))  # type: ignore[arg-type]
+        assert sr.StudyInstanceUID == sc.StudyInstanceUID == src.StudyInstanceUID
+        assert sr.SeriesInstanceUID != src.SeriesInstanceUID
+        assert "NOT FOR DIAGNOSIS" in sc.SeriesDescription
+        assert sr.VerificationFlag == "UNVERIFIED"
+
+        status = daemon.cli("status", "--json")
+        prediction = json.loads(status.stdout)
+        assert prediction["instances"]["failed"] == 0
+
+        report = daemon.log_events()
+        reported = [e for e in report if e["event"] == "instance_reported" and e["sop_instance_uid"] == uid]
+        assert len(reported) == 1
+        referred = reported[0]["referred"]
+        assert (out["kos"] is not None) == referred, "a KOS exactly for referred cases"
+        text = str(sr)
+        assert reported[0]["predicted"] in text.lower() or referred is not None
+
+    # Every instance ends delivered; nothing failed or dead.
+    def all_delivered() -> bool:
+        counts = json.loads(daemon.cli("status", "--json").stdout)
+        return counts["instances"]["delivered"] == len(sources)
+
+    _wait(all_delivered, 60, "every instance delivered")
+
+
+def test_resend_creates_no_duplicate(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    files = write_images(tmp_path / "in", 2, seed=400)
+    assert storescu(daemon.port, *files).returncode == 0
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    _wait(lambda: all(_outputs(orthanc, u, version)["sr"] for u in uids), 120, "first results")
+    before = len(orthanc.instances())
+    assert storescu(daemon.port, *files).returncode == 0
+    time.sleep(3)
+    assert len(orthanc.instances()) == before
+
+
+def test_pacs_outage_outputs_arrive_after_restart(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    pacs = OrthancProcess(workdir=tmp_path / "orthanc")
+    daemon = _start(make_daemon, tiny_bundle, pacs)  # PACS not started yet: it is "down"
+    files = write_images(tmp_path / "in", 2, seed=500)
+    assert storescu(daemon.port, *files).returncode == 0
+    _wait(lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery attempt")
+    pacs.start()
+    try:
+        uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+        _wait(lambda: all(_outputs(pacs, u, version)["sr"] for u in uids), 60, "results after the PACS returned")
+    finally:
+        pacs.stop()
+
+
+def test_undecodable_image_fails_alone(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    good, bad = write_images(tmp_path / "in", 2, ts="jpeg-baseline", seed=600)
+    ds = pydicom.dcmread(bad)
+    frags = list(pydicom.encaps.generate_fragments(ds.PixelData))
+    corrupt = frags[0][:600] + bytes(len(frags[0]) - 600)
+    ds.PixelData = pydicom.encaps.encapsulate([corrupt])
+    ds.save_as(bad, enforce_file_format=True)
+    assert storescu(daemon.port, bad, good, extra=STORESCU_PROPOSE["jpeg-baseline"]).returncode == 0
+
+    def settled() -> bool:
+        counts = json.loads(daemon.cli("status", "--json").stdout)["instances"]
+        return counts["failed"] == 1 and counts["delivered"] + counts["reported"] == 1
+
+    _wait(settled, 120, "one failed, one reported")
+    failed = [e for e in daemon.log_events() if e["event"] == "instance_failed"]
+    assert failed and "decode" in failed[0]["reason"]
