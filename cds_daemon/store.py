@@ -107,6 +107,46 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
     CREATE INDEX outbox_source ON outbox (sop_instance_uid);
     """,
+    """
+    CREATE TABLE worklist (
+        id INTEGER PRIMARY KEY,
+        case_key TEXT NOT NULL UNIQUE,
+        study_instance_uid TEXT,
+        accession_number TEXT,
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open','in_review','done','escalated')),
+        assignee TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        escalated_at TEXT
+    );
+    CREATE INDEX worklist_status ON worklist (status, priority, created_at);
+    CREATE TABLE worklist_images (
+        worklist_id INTEGER NOT NULL REFERENCES worklist (id),
+        sop_instance_uid TEXT NOT NULL UNIQUE REFERENCES instances (sop_instance_uid)
+    );
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        worklist_id INTEGER NOT NULL REFERENCES worklist (id),
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        reviewer TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('confirm','change','non_diagnostic')),
+        ai_class TEXT,
+        final_class TEXT,
+        comment TEXT,
+        review_sr_uid TEXT,
+        decided_at TEXT NOT NULL
+    );
+    CREATE INDEX decisions_item ON decisions (worklist_id);
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('reviewer','admin')),
+        full_name TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 
@@ -180,6 +220,50 @@ class PredictionRecord:
     referred: bool
     reasons: list[str]
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorklistItem:
+    id: int
+    case_key: str
+    study_instance_uid: str | None
+    accession_number: str | None
+    priority: int
+    status: str
+    assignee: str | None
+    created_at: str
+    updated_at: str
+    escalated_at: str | None
+    images: tuple[str, ...]  # source SOPInstanceUIDs
+    decided: tuple[str, ...]  # those with a decision
+    reasons: tuple[str, ...]  # union of the images' referral reasons
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    worklist_id: int
+    sop_instance_uid: str
+    reviewer: str
+    decision: str
+    ai_class: str | None
+    final_class: str | None
+    comment: str | None
+    review_sr_uid: str | None
+    decided_at: str
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    role: str
+    full_name: str
+    created_at: str
+    disabled: bool
+
+
+WORKLIST_STATUSES = ("open", "in_review", "done", "escalated")
 
 
 @dataclass(frozen=True)
@@ -424,6 +508,8 @@ class Store:
                         ),
                     )
             self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None)
+            if p.referred:
+                self._worklist_add(db, sop_instance_uid, int(p.detail.get("priority", 5)), actor)
             if not destinations:
                 self._audit(db, actor, "no-destinations", sop_instance_uid, None)
 
@@ -524,6 +610,228 @@ class Store:
                 (limit,),
             ).fetchall()
         return [OutboxItem(**dict(r)) for r in rows]
+
+    # --- worklist -------------------------------------------------------------------------------
+
+    def _worklist_add(self, db: sqlite3.Connection, uid: str, priority: int, actor: str) -> None:
+        """File a referred image under its case (accession, else study); reopen a finished case."""
+        inst = db.execute(
+            "SELECT study_instance_uid, accession_number FROM instances WHERE sop_instance_uid = ?", (uid,)
+        ).fetchone()
+        key = (
+            f"accession:{inst['accession_number']}"
+            if inst["accession_number"]
+            else f"study:{inst['study_instance_uid'] or uid}"
+        )
+        now = utcnow()
+        db.execute(
+            """INSERT INTO worklist (case_key, study_instance_uid, accession_number, priority, status,
+                   created_at, updated_at) VALUES (?,?,?,?,'open',?,?)
+               ON CONFLICT (case_key) DO UPDATE SET priority = MIN(priority, excluded.priority),
+                   status = CASE WHEN status = 'done' THEN 'open' ELSE status END, updated_at = excluded.updated_at""",
+            (key, inst["study_instance_uid"], inst["accession_number"], priority, now, now),
+        )
+        item_id = db.execute("SELECT id FROM worklist WHERE case_key = ?", (key,)).fetchone()[0]
+        db.execute(
+            "INSERT INTO worklist_images (worklist_id, sop_instance_uid) VALUES (?, ?)"
+            " ON CONFLICT (sop_instance_uid) DO NOTHING",
+            (item_id, uid),
+        )
+        self._audit(db, actor, "worklist:add", uid, {"worklist_id": item_id, "priority": priority})
+
+    def _worklist_item(self, db: sqlite3.Connection, row: sqlite3.Row) -> WorklistItem:
+        images = tuple(
+            r[0]
+            for r in db.execute(
+                "SELECT sop_instance_uid FROM worklist_images WHERE worklist_id = ? ORDER BY rowid", (row["id"],)
+            )
+        )
+        decided = tuple(
+            r[0]
+            for r in db.execute("SELECT DISTINCT sop_instance_uid FROM decisions WHERE worklist_id = ?", (row["id"],))
+        )
+        reasons: list[str] = []
+        for uid in images:
+            pr = db.execute("SELECT reasons FROM predictions WHERE sop_instance_uid = ?", (uid,)).fetchone()
+            for reason in json.loads(pr[0]) if pr else []:
+                if reason not in reasons:
+                    reasons.append(reason)
+        return WorklistItem(**dict(row), images=images, decided=decided, reasons=tuple(reasons))
+
+    def worklist(self, status: str | None = None, limit: int = 500) -> list[WorklistItem]:
+        """Items by urgency: priority, then oldest first. ``status=None``: everything not done."""
+        where, args = ("status = ?", (status,)) if status else ("status != 'done'", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM worklist WHERE {where} ORDER BY priority, created_at LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [self._worklist_item(self._db, r) for r in rows]
+
+    def worklist_get(self, item_id: int) -> WorklistItem | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM worklist WHERE id = ?", (item_id,)).fetchone()
+            return self._worklist_item(self._db, row) if row else None
+
+    def worklist_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM worklist GROUP BY status").fetchall()
+        counts = dict.fromkeys(WORKLIST_STATUSES, 0)
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def worklist_assign(self, item_id: int, username: str) -> None:
+        """A reviewer opens the case: it is theirs and ``in_review`` (unless already done)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE worklist SET assignee = ?, status = CASE WHEN status = 'done' THEN 'done' ELSE 'in_review' END,"
+                " updated_at = ? WHERE id = ?",
+                (username, utcnow(), item_id),
+            )
+            self._audit(db, username, "worklist:open", None, {"worklist_id": item_id})
+
+    def escalate_overdue(self, older_than: str, *, actor: str) -> list[int]:
+        """Items still open or in review created before ``older_than`` become ``escalated``."""
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM worklist WHERE status IN ('open','in_review') AND created_at < ?", (older_than,)
+                )
+            ]
+            now = utcnow()
+            for item_id in ids:
+                db.execute(
+                    "UPDATE worklist SET status = 'escalated', escalated_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, item_id),
+                )
+                self._audit(db, actor, "worklist:escalate", None, {"worklist_id": item_id})
+        return ids
+
+    def record_decision(
+        self,
+        *,
+        worklist_id: int,
+        sop_instance_uid: str,
+        reviewer: str,
+        decision: str,
+        ai_class: str | None,
+        final_class: str | None,
+        comment: str | None,
+        review_sr: OutputObject | None,
+        destinations: list[str],
+    ) -> Decision:
+        """Store a reviewer's decision and queue its verified SR; close the case when every image is decided."""
+        now = utcnow()
+        with self._tx() as db:
+            member = db.execute(
+                "SELECT 1 FROM worklist_images WHERE worklist_id = ? AND sop_instance_uid = ?",
+                (worklist_id, sop_instance_uid),
+            ).fetchone()
+            if member is None:
+                raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
+            cur = db.execute(
+                "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
+                " comment, review_sr_uid, decided_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    worklist_id,
+                    sop_instance_uid,
+                    reviewer,
+                    decision,
+                    ai_class,
+                    final_class,
+                    comment,
+                    review_sr.object_uid if review_sr else None,
+                    now,
+                ),
+            )
+            if review_sr is not None:
+                for dest in destinations:
+                    db.execute(
+                        """INSERT INTO outbox (sop_instance_uid, kind, object_uid, sop_class_uid, destination, path,
+                               state, attempts, next_attempt_at, created_at, updated_at)
+                           VALUES (?,?,?,?,?,?,'pending',0,?,?,?)
+                           ON CONFLICT (object_uid, destination) DO NOTHING""",
+                        (
+                            sop_instance_uid,
+                            review_sr.kind,
+                            review_sr.object_uid,
+                            review_sr.sop_class_uid,
+                            dest,
+                            review_sr.path,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+            open_images = db.execute(
+                "SELECT COUNT(*) FROM worklist_images wi WHERE wi.worklist_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM decisions d WHERE d.worklist_id = wi.worklist_id"
+                " AND d.sop_instance_uid = wi.sop_instance_uid)",
+                (worklist_id,),
+            ).fetchone()[0]
+            if open_images == 0:
+                db.execute("UPDATE worklist SET status = 'done', updated_at = ? WHERE id = ?", (now, worklist_id))
+            self._audit(
+                db,
+                reviewer,
+                f"decision:{decision}",
+                sop_instance_uid,
+                {"worklist_id": worklist_id, "ai_class": ai_class, "final_class": final_class},
+            )
+            row = db.execute("SELECT * FROM decisions WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Decision(**dict(row))
+
+    def decisions(self, worklist_id: int | None = None) -> list[Decision]:
+        query, args = "SELECT * FROM decisions", ()
+        if worklist_id is not None:
+            query, args = query + " WHERE worklist_id = ?", (worklist_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [Decision(**dict(r)) for r in rows]
+
+    def agreement(self) -> dict[str, Any]:
+        """AI vs reviewer on the latest decision per image: confusion counts and override rate."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT d.ai_class, d.final_class, d.decision FROM decisions d"
+                " WHERE d.id = (SELECT MAX(id) FROM decisions x WHERE x.sop_instance_uid = d.sop_instance_uid)"
+            ).fetchall()
+        pairs: dict[str, dict[str, int]] = {}
+        overrides = 0
+        for ai, final, decision in rows:
+            final_key = final or "non_diagnostic"
+            pairs.setdefault(ai or "none", {}).setdefault(final_key, 0)
+            pairs[ai or "none"][final_key] += 1
+            overrides += decision != "confirm"
+        n = len(rows)
+        return {"decisions": n, "overrides": overrides, "override_rate": overrides / n if n else None, "pairs": pairs}
+
+    # --- users ---------------------------------------------------------------------------------
+
+    def create_user(self, username: str, password_hash: str, role: str, full_name: str = "", *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO users (username, password_hash, role, full_name, created_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role,"
+                " full_name = excluded.full_name, disabled = 0",
+                (username, password_hash, role, full_name, utcnow()),
+            )
+            self._audit(db, actor, "user:set", None, {"username": username, "role": role})
+
+    def get_user(self, username: str) -> User | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return None if row is None else User(**{**dict(row), "disabled": bool(row["disabled"])})
+
+    def users(self) -> list[User]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM users ORDER BY username").fetchall()
+        return [User(**{**dict(r), "disabled": bool(r["disabled"])}) for r in rows]
+
+    def disable_user(self, username: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
+            self._audit(db, actor, "user:disable", None, {"username": username})
 
     # --- rejections and audit ----------------------------------------------------------------
 

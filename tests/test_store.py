@@ -86,3 +86,66 @@ def test_rejection_counts(tmp_path: Path) -> None:
     store.record_rejection(status=0xA900, reason="no pixel data", calling_ae="A", peer_address="127.0.0.1")
     store.record_rejection(status=0xC000, reason="unreadable dataset: x", calling_ae="A", peer_address="1")
     assert store.rejection_counts() == {"0xA900 no pixel data": 2, "0xC000 unreadable dataset": 1}
+
+
+def _referred(store: Store, uid: str, accession: str | None, priority: int) -> None:
+    from dataclasses import replace
+
+    from cds_daemon.store import PredictionRecord
+
+    store.record_received(replace(_new(uid, path=f"/{uid}"), accession_number=accession), actor="T")
+    store.claim_next(actor="w")
+    record = PredictionRecord(
+        "m", "1", "0" * 64, "indeterminate", [0.2, 0.6, 0.2], True, ["indeterminate_class"], {"priority": priority}
+    )
+    store.record_result(uid, record, [], [], actor="w")
+
+
+def test_worklist_groups_by_case_and_closes_when_all_decided(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    _referred(store, "1.1", "ACC1", 3)
+    _referred(store, "1.2", "ACC1", 1)
+    _referred(store, "1.3", "ACC2", 5)
+    items = store.worklist()
+    assert [i.case_key for i in items] == ["accession:ACC1", "accession:ACC2"]  # priority 1 first
+    first = items[0]
+    assert first.images == ("1.1", "1.2") and first.priority == 1 and first.reasons == ("indeterminate_class",)
+    store.worklist_assign(first.id, "dr_a")
+    assert store.worklist_get(first.id).status == "in_review"  # type: ignore[union-attr]
+    with pytest.raises(StateError):
+        store.record_decision(
+            worklist_id=first.id,
+            sop_instance_uid="1.3",
+            reviewer="dr_a",
+            decision="confirm",
+            ai_class="indeterminate",
+            final_class="indeterminate",
+            comment=None,
+            review_sr=None,
+            destinations=[],
+        )
+    for uid, decision, final in (("1.1", "confirm", "indeterminate"), ("1.2", "change", "malignant")):
+        store.record_decision(
+            worklist_id=first.id,
+            sop_instance_uid=uid,
+            reviewer="dr_a",
+            decision=decision,
+            ai_class="indeterminate",
+            final_class=final,
+            comment=None,
+            review_sr=None,
+            destinations=[],
+        )
+    assert store.worklist_get(first.id).status == "done"  # type: ignore[union-attr]
+    assert store.worklist_counts() == {"open": 1, "in_review": 0, "done": 1, "escalated": 0}
+    stats = store.agreement()
+    assert stats["decisions"] == 2 and stats["overrides"] == 1 and stats["override_rate"] == 0.5
+    assert stats["pairs"]["indeterminate"] == {"indeterminate": 1, "malignant": 1}
+
+
+def test_escalation(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    _referred(store, "2.1", None, 3)
+    assert store.escalate_overdue("0000", actor="scheduler") == []
+    assert store.escalate_overdue("9999", actor="scheduler") == [store.worklist()[0].id]
+    assert store.worklist_counts()["escalated"] == 1
