@@ -43,7 +43,21 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = [{"check": "config", "ok": True, "detail": "configuration is valid"}]
     ok, detail = _check_data_dir(settings.storage.data_dir)
     results.append({"check": "data_dir", "ok": ok, "detail": detail})
-    for dest in settings.destinations:
+    if settings.model_bundle is not None:
+        from cds_daemon.bundle import BundleError, load_bundle
+
+        try:
+            manifest = load_bundle(settings.model_bundle).manifest
+            results.append(
+                {
+                    "check": "model_bundle",
+                    "ok": True,
+                    "detail": f"{manifest.name} {manifest.version}: every file's SHA-256 matches",
+                }
+            )
+        except (BundleError, OSError) as exc:
+            results.append({"check": "model_bundle", "ok": False, "detail": str(exc)})
+    for dest in [] if args.offline else settings.destinations:
         res = echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
         results.append(
             {
@@ -165,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate config and data dir, C-ECHO every destination")
     check.add_argument("--json", action="store_true")
     check.add_argument("--timeout", type=float, default=10.0, help="seconds per C-ECHO")
+    check.add_argument("--offline", action="store_true", help="skip the C-ECHOs (used before start by systemd)")
     check.set_defaults(func=_cmd_check)
     status = sub.add_parser("status", help="counts per state from the store")
     status.add_argument("--json", action="store_true")

@@ -166,11 +166,24 @@ class TriageSettings(_Section):
     refer_quality: bool = True
 
 
+class HealthSettings(_Section):
+    """HTTP health (/healthz/live, /healthz/ready) and Prometheus metrics (/metrics)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8044, ge=0, le=65535, description="0 = any free port (tests)")
+    worker_stall_s: float = Field(120.0, gt=0, description="not ready when the worker loop is silent this long")
+
+
 class StorageSettings(_Section):
     """Where received files and the database live."""
 
     data_dir: Path = Path("var/data")
     min_free_mb: int = Field(512, ge=0, description="below this free space new stores get 0xA700")
+    max_used_percent: float = Field(95.0, gt=0, le=100, description="disk usage above this: new stores get 0xA700")
+    retention_days: float | None = Field(
+        30, gt=0, description="delete delivered images and results after this many days (rows stay); empty = never"
+    )
 
     @property
     def spool_dir(self) -> Path:
@@ -195,6 +208,7 @@ class Settings(BaseSettings):
     )
     egress: EgressSettings = Field(default_factory=EgressSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")

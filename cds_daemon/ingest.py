@@ -25,6 +25,7 @@ from cds_daemon.dicom_accept import (
     check_dataset,
 )
 from cds_daemon.logs import get_logger
+from cds_daemon.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
 from cds_daemon.spool import DiskFullError, Spool
 from cds_daemon.store import NewInstance, Store
 from cds_daemon.tls import server_context
@@ -73,6 +74,10 @@ class Listener:
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -151,9 +156,7 @@ class Listener:
             ds = event.dataset
             _force_parse(ds)
         except Exception as exc:  # pydicom raises many types on malformed input
-            return self._refuse(
-                CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid
-            )
+            return self._refuse(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid)
         try:
             header = check_dataset(
                 ds,
@@ -165,9 +168,7 @@ class Listener:
         except NotAcceptable as exc:
             return self._refuse(NOT_MATCHING, str(exc), calling, peer, context, claimed_uid)
         except Exception as exc:
-            return self._refuse(
-                CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid
-            )
+            return self._refuse(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid)
 
         uid = header.sop_instance_uid
         if self.store.has_instance(uid):
@@ -182,9 +183,7 @@ class Listener:
             return self._refuse(OUT_OF_RESOURCES, f"out of resources: {exc}", calling, peer, context, uid)
         except OSError as exc:
             log.error("spool_write_failed", reason=str(exc), sop_instance_uid=uid)
-            return self._refuse(
-                OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", calling, peer, context, uid
-            )
+            return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", calling, peer, context, uid)
         self.store.record_received(
             NewInstance(
                 sop_instance_uid=uid,
@@ -208,6 +207,9 @@ class Listener:
     def _log_received(
         self, started: float, calling: str, peer: str, context: Any, uid: str, size: int, *, duplicate: bool
     ) -> None:
+        elapsed = time.perf_counter() - started
+        STORE_SECONDS.observe(elapsed)
+        (DUPLICATES if duplicate else RECEIVED).inc()
         log.info(
             "instance_received",
             calling_ae=calling,
@@ -216,12 +218,13 @@ class Listener:
             sop_instance_uid=uid,
             transfer_syntax=context.transfer_syntax,
             bytes=size,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round(elapsed * 1000, 2),
             duplicate=duplicate,
         )
 
     def _refuse(self, status: int, reason: str, calling: str, peer: str, context: Any, uid: str) -> Dataset:
         reason = reason[:200]
+        REJECTED.labels(status=f"0x{status:04X}").inc()
         log.warning(
             "store_refused",
             status=f"0x{status:04X}",

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from cds_daemon.config import Settings
+from cds_daemon.health import HealthServer
 from cds_daemon.ingest import Listener
 from cds_daemon.logs import get_logger
+from cds_daemon.metrics import REGISTRY, StoreCollector
 from cds_daemon.spool import Spool
 from cds_daemon.store import Store
 from cds_daemon.systemd_notify import notify
@@ -28,7 +32,9 @@ def open_storage(settings: Settings) -> tuple[Store, Spool]:
     storage = settings.storage
     storage.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(storage.database)
-    spool = Spool(storage.spool_dir, min_free_bytes=storage.min_free_mb * 2**20)
+    spool = Spool(
+        storage.spool_dir, min_free_bytes=storage.min_free_mb * 2**20, max_used_ratio=storage.max_used_percent / 100
+    )
     return store, spool
 
 
@@ -65,6 +71,9 @@ class Service:
         self.worker = None
         self.egress = None
         self.listener: Listener | None = None
+        self.health: HealthServer | None = None
+        self._last_watchdog = 0.0
+        self._collector = StoreCollector(self.store, settings.storage.data_dir)
 
     def start(self) -> None:
         from cds_daemon.bundle import BundleError
@@ -82,9 +91,7 @@ class Service:
             coalesce=True,
         )
         if s.model_bundle is None:
-            log.warning(
-                "no_model_bundle", detail="model_bundle is not set: images are received and queued only"
-            )
+            log.warning("no_model_bundle", detail="model_bundle is not set: images are received and queued only")
         else:
             from cds_daemon.engine import Engine
             from cds_daemon.worker import Worker
@@ -94,18 +101,72 @@ class Service:
             except (BundleError, OSError) as exc:
                 raise StartupError(f"model bundle {s.model_bundle}: {exc}") from exc
             log.info("model_loaded", name=engine.manifest.name, version=engine.manifest.version)
-            self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress)
+            self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
             self.worker.start()
+        if self.worker is None:
+            self.scheduler.add_job(self.watchdog, "interval", seconds=5, id="watchdog")
+        if s.storage.retention_days is not None:
+            self.scheduler.add_job(self.retention, "interval", hours=1, id="retention", next_run_time=datetime.now(UTC))
         self.scheduler.start()
+        if s.health.enabled:
+            REGISTRY.register(self._collector)
+            self.health = HealthServer(s.health.bind_address, s.health.port, self.readiness, self.liveness)
+            self.health.start()
         self.listener = Listener(
             s.listener, self.store, self.spool, on_received=self.worker.wake if self.worker else lambda: None
         )
         try:
             self.listener.start()
         except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {s.listener.bind_address}:{s.listener.port}: {exc}"
-            ) from exc
+            raise StartupError(f"cannot listen on {s.listener.bind_address}:{s.listener.port}: {exc}") from exc
+
+    def watchdog(self) -> None:
+        """systemd WATCHDOG=1, at most every 5 s; called from the worker loop, so a stuck worker stops it."""
+        now = time.monotonic()
+        if now - self._last_watchdog >= 5:
+            self._last_watchdog = now
+            notify("WATCHDOG=1")
+
+    def liveness(self) -> list[str]:
+        problems = []
+        if (
+            self.worker is not None
+            and time.monotonic() - self.worker.last_heartbeat > self.settings.health.worker_stall_s
+        ):
+            problems.append(f"worker loop silent for more than {self.settings.health.worker_stall_s:.0f} s")
+        return problems
+
+    def readiness(self) -> list[str]:
+        problems = self.liveness()
+        if self.listener is None or not self.listener.running:
+            problems.append("DICOM listener is not running")
+        if self.settings.model_bundle is None:
+            problems.append("no model bundle configured: images are queued, not analysed")
+        elif self.worker is None:
+            problems.append("model not loaded")
+        free = self.spool.free_bytes()
+        if free < self.spool.min_free_bytes or self.spool.used_ratio() > self.spool.max_used_ratio:
+            problems.append("disk above the watermark: new images are refused (0xA700)")
+        dead = self.store.outbox_counts()["dead"]
+        if dead:
+            problems.append(f"{dead} result object(s) dead-lettered: see cds-daemon status")
+        return problems
+
+    def retention(self) -> int:
+        """Delete the files of instances delivered more than ``retention_days`` ago; the rows stay."""
+        days = self.settings.storage.retention_days
+        if days is None:
+            return 0
+        cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="milliseconds")
+        purged = 0
+        for uid, paths in self.store.purgeable(cutoff):
+            for path in paths:
+                Path(path).unlink(missing_ok=True)
+            self.store.mark_purged(uid, actor="retention")
+            purged += 1
+        if purged:
+            log.info("retention_purged", instances=purged, older_than_days=days)
+        return purged
 
     def wake_egress(self) -> None:
         job = self.scheduler.get_job("egress")
@@ -113,6 +174,9 @@ class Service:
             job.modify(next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            REGISTRY.unregister(self._collector)
         if self.listener is not None:
             self.listener.stop()
         if self.worker is not None:

@@ -47,8 +47,9 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """The directory of received objects, one file per SOPInstanceUID."""
 
-    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, min_free_bytes: int = 0, max_used_ratio: float = 1.0) -> None:
         self.root = root
+        self.max_used_ratio = max_used_ratio
         self.incoming = root / "incoming"
         self.objects = root / "objects"
         self.min_free_bytes = min_free_bytes
@@ -64,13 +65,17 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def used_ratio(self) -> float:
+        usage = shutil.disk_usage(self.root)
+        return usage.used / usage.total
+
     def write(self, sop_instance_uid: str, data: bytes) -> SpooledFile:
         """Store ``data`` durably under the instance's final path."""
         final = self.path_for(sop_instance_uid)
         if self.free_bytes() - len(data) < self.min_free_bytes:
-            raise DiskFullError(
-                f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)"
-            )
+            raise DiskFullError(f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)")
+        if self.used_ratio() > self.max_used_ratio:
+            raise DiskFullError(f"disk usage above the configured watermark ({self.max_used_ratio:.0%})")
         tmp = self.incoming / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb") as fh:

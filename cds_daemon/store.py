@@ -147,6 +147,10 @@ _MIGRATIONS: tuple[str, ...] = (
         disabled INTEGER NOT NULL DEFAULT 0
     );
     """,
+    """
+    ALTER TABLE instances ADD COLUMN purged_at TEXT;
+    CREATE INDEX instances_purge ON instances (state, updated_at);
+    """,
 )
 
 
@@ -183,6 +187,7 @@ class Instance:
     attempts: int
     received_at: str
     updated_at: str
+    purged_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -445,6 +450,26 @@ class Store:
         counts.update({r[0]: r[1] for r in rows})
         return counts
 
+    def purgeable(self, before: str, limit: int = 500) -> list[tuple[str, list[str]]]:
+        """Delivered instances last updated before ``before`` whose files are still on disk:
+        (uid, [spool file, result files])."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, spool_path FROM instances WHERE state = 'delivered' AND purged_at IS NULL"
+                " AND updated_at < ? ORDER BY id LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            out = []
+            for uid, spool_path in rows:
+                results = [r[0] for r in self._db.execute("SELECT path FROM outbox WHERE sop_instance_uid = ?", (uid,))]
+                out.append((uid, [spool_path, *results]))
+        return out
+
+    def mark_purged(self, sop_instance_uid: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE instances SET purged_at = ? WHERE sop_instance_uid = ?", (utcnow(), sop_instance_uid))
+            self._audit(db, actor, "purged-files", sop_instance_uid, None)
+
     # --- predictions and outbox ---------------------------------------------------------------
 
     def record_result(
@@ -610,6 +635,20 @@ class Store:
                 (limit,),
             ).fetchall()
         return [OutboxItem(**dict(r)) for r in rows]
+
+    def referral_stats(self) -> dict[str, Any]:
+        """Referral rate and predicted-class mix over every analysed image."""
+        with self._lock:
+            total, referred = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(referred), 0) FROM predictions"
+            ).fetchone()
+            rows = self._db.execute("SELECT predicted, COUNT(*) FROM predictions GROUP BY predicted").fetchall()
+        return {
+            "analysed": total,
+            "referred": referred,
+            "rate": referred / total if total else 0.0,
+            "classes": {str(r[0]): r[1] for r in rows},
+        }
 
     # --- worklist -------------------------------------------------------------------------------
 

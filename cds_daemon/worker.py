@@ -21,6 +21,7 @@ from cds_daemon.bundle import MANIFEST_NAME, sha256_file
 from cds_daemon.config import Settings
 from cds_daemon.engine import Engine, Prediction
 from cds_daemon.logs import get_logger
+from cds_daemon.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
 from cds_daemon.pixels import DecodeError, decode
 from cds_daemon.quality import QualityResult, assess
 from cds_daemon.reports.heatmap import build_heatmap_sc
@@ -143,7 +144,9 @@ class Worker:
         store: Store,
         engine: Engine,
         on_reported: Callable[[], None] = lambda: None,
+        on_heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_heartbeat = on_heartbeat
         self.settings = settings
         self.store = store
         self.engine = engine
@@ -170,6 +173,7 @@ class Worker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.last_heartbeat = time.monotonic()
+            self.on_heartbeat()
             instance = self.store.claim_next(actor="worker")
             if instance is None:
                 self.wake_event.wait(0.5)
@@ -184,9 +188,7 @@ class Worker:
             outputs = []
             for kind, ds in processed.objects:
                 spooled = self.results.write(str(ds.SOPInstanceUID), encode(ds))
-                outputs.append(
-                    OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(spooled.path))
-                )
+                outputs.append(OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(spooled.path)))
             destinations = [d.name for d in self.settings.destinations]
             self.store.record_result(uid, prediction_record(processed), outputs, destinations, actor="worker")
         except DecodeError as exc:
@@ -197,6 +199,8 @@ class Worker:
             self._fail(uid, f"{type(exc).__name__}: {exc}")
             return
         pred = processed.prediction
+        INFERENCE_SECONDS.observe(processed.timings_ms["model"] / 1000)
+        PIPELINE_SECONDS.observe(processed.timings_ms["total"] / 1000)
         log.info(
             "instance_reported",
             sop_instance_uid=uid,

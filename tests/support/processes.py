@@ -56,6 +56,7 @@ class DaemonProcess:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
     allowed: list[tuple[str, list[str]]] = field(
         default_factory=lambda: [(SENDER_AE, ["127.0.0.1/32"]), ("ORTHANC", ["127.0.0.1/32"])]
     )
@@ -94,6 +95,9 @@ class DaemonProcess:
             "[storage]",
             f"data_dir = {toml_value(self.data_dir)}",
             "min_free_mb = 1",
+            "max_used_percent = 100",
+            "[health]",
+            f"port = {self.health_port}",
         ]
         for ae, addresses in self.allowed:
             lines += [
@@ -136,6 +140,14 @@ class DaemonProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET from the health/metrics endpoint: (status, body)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=10) as rsp:
+                return rsp.status, rsp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def log_events(self) -> list[dict[str, Any]]:
         events = []

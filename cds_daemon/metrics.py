@@ -1,0 +1,78 @@
+"""Prometheus metrics: in-process counters and histograms, plus gauges read from the store at scrape time."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cds_daemon.store import Store
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECEIVED = Counter("cds_instances_received", "Instances acknowledged (stored durably)", registry=REGISTRY)
+DUPLICATES = Counter("cds_instances_duplicate", "Resends of known SOPInstanceUIDs", registry=REGISTRY)
+REJECTED = Counter("cds_stores_rejected", "C-STOREs refused, by status", ["status"], registry=REGISTRY)
+STORE_SECONDS = Histogram(
+    "cds_store_handler_seconds",
+    "C-STORE handler time until the response (durable write included)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+INFERENCE_SECONDS = Histogram(
+    "cds_inference_seconds",
+    "Model time per image (13 views, ensemble, CAM)",
+    buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
+PIPELINE_SECONDS = Histogram(
+    "cds_pipeline_seconds",
+    "Per image: decode, quality, model, reports, durable outputs",
+    buckets=(0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+
+
+class StoreCollector(Collector):
+    """Gauges computed from the store and the disk when Prometheus scrapes."""
+
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self.data_dir = data_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily("cds_instances", "Instances by state", labels=["state"])
+        for state, n in self.store.counts_by_state().items():
+            states.add_metric([state], n)
+        yield states
+        outbox = GaugeMetricFamily("cds_outbox_objects", "Outbox objects by state", labels=["state"])
+        for state, n in self.store.outbox_counts().items():
+            outbox.add_metric([state], n)
+        yield outbox
+        worklist = GaugeMetricFamily("cds_worklist_items", "Review worklist items by status", labels=["status"])
+        for status, n in self.store.worklist_counts().items():
+            worklist.add_metric([status], n)
+        yield worklist
+        rejections = GaugeMetricFamily("cds_rejections", "Refused stores and associations by reason", labels=["reason"])
+        for reason, n in self.store.rejection_counts().items():
+            rejections.add_metric([reason], n)
+        yield rejections
+        rates = self.store.referral_stats()
+        yield GaugeMetricFamily(
+            "cds_referral_rate", "Share of analysed images referred for review", value=rates["rate"]
+        )
+        mix = GaugeMetricFamily("cds_predicted_class", "Analysed images by predicted class", labels=["class"])
+        for cls, n in rates["classes"].items():
+            mix.add_metric([cls], n)
+        yield mix
+        usage = shutil.disk_usage(self.data_dir)
+        yield GaugeMetricFamily(
+            "cds_disk_free_bytes", "Free bytes on the data directory's file system", value=usage.free
+        )
+        yield GaugeMetricFamily(
+            "cds_disk_used_ratio", "Used share of the data file system", value=usage.used / usage.total
+        )
