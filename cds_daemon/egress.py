@@ -112,9 +112,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
 class Egress:
     """Drains the outbox. ``run_once`` is what the scheduler calls; ``wake`` asks for a run now."""
 
-    def __init__(
-        self, store: Store, destinations: list[Destination], settings: EgressSettings, calling_ae: str
-    ):
+    def __init__(self, store: Store, destinations: list[Destination], settings: EgressSettings, calling_ae: str):
         self.store = store
         self.destinations = {d.name: d for d in destinations}
         self.settings = settings

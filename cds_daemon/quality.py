@@ -60,13 +60,9 @@ def assess(rgb: np.ndarray, *, was_colour: bool, settings: QualitySettings) -> Q
     if not was_colour or colourfulness < settings.min_colourfulness:
         reasons.append(("quality_not_colour", "not a colour (stained) image"))
     if brightness > settings.max_brightness or clipped_hi > settings.max_clipped_fraction:
-        reasons.append(
-            ("quality_overexposed", f"overexposed (mean {brightness:.0f}, {clipped_hi:.0%} clipped)")
-        )
+        reasons.append(("quality_overexposed", f"overexposed (mean {brightness:.0f}, {clipped_hi:.0%} clipped)"))
     if brightness < settings.min_brightness or clipped_lo > settings.max_clipped_fraction:
-        reasons.append(
-            ("quality_underexposed", f"underexposed (mean {brightness:.0f}, {clipped_lo:.0%} black)")
-        )
+        reasons.append(("quality_underexposed", f"underexposed (mean {brightness:.0f}, {clipped_lo:.0%} black)"))
     if tissue < settings.min_tissue_fraction:
         reasons.append(("quality_empty_field", f"almost no cells in the field ({tissue:.1%} stained area)"))
     elif sharpness < settings.min_sharpness:

@@ -28,9 +28,7 @@ def client_context(tls: TLSSettings, server_hostname_check: bool = False) -> ssl
     """
     if not tls.enabled:
         return None
-    ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
-    )
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = server_hostname_check
     if tls.cert_file is not None and tls.key_file is not None:

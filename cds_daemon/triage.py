@@ -37,21 +37,15 @@ class TriageDecision:
 def decide(
     pred: Prediction, quality: QualityResult, settings: TriageSettings, bundle_confidence: float
 ) -> TriageDecision:
-    threshold = (
-        settings.confidence_threshold if settings.confidence_threshold is not None else bundle_confidence
-    )
+    threshold = settings.confidence_threshold if settings.confidence_threshold is not None else bundle_confidence
     found: list[tuple[str, str]] = []
     if settings.refer_conformal_not_singleton and len(pred.conformal_set) != 1:
         members = ", ".join(pred.conformal_set) or "no class"
-        found.append(
-            ("conformal_set_not_singleton", f"conformal prediction set is not one class ({members})")
-        )
+        found.append(("conformal_set_not_singleton", f"conformal prediction set is not one class ({members})"))
     if settings.refer_indeterminate and pred.label == "indeterminate":
         found.append(("indeterminate_class", "predicted Indeterminate/Suspicious: needs a cytopathologist"))
     if pred.confidence < threshold:
-        found.append(
-            ("low_confidence", f"calibrated confidence {pred.confidence:.2f} is below {threshold:.2f}")
-        )
+        found.append(("low_confidence", f"calibrated confidence {pred.confidence:.2f} is below {threshold:.2f}"))
     if settings.refer_ensemble_disagreement and not pred.members_agree:
         found.append(
             (
@@ -67,9 +61,7 @@ def decide(
         found.extend(quality.reasons)
     priority = 9
     for code, _ in found:
-        priority = min(
-            priority, PRIORITY.get(code, PRIORITY["quality"] if code.startswith("quality_") else 5)
-        )
+        priority = min(priority, PRIORITY.get(code, PRIORITY["quality"] if code.startswith("quality_") else 5))
     if pred.label == "malignant" and found:
         priority = 1
     return TriageDecision(bool(found), tuple(c for c, _ in found), tuple(t for _, t in found), priority)

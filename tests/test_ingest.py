@@ -26,9 +26,7 @@ def _rows(d: DaemonProcess, sql: str) -> list[tuple]:
         db.close()
 
 
-def _send_raw(
-    port: int, path: Path, sop_class: str = VL_MICROSCOPIC, ts: str = ExplicitVRLittleEndian
-) -> int:
+def _send_raw(port: int, path: Path, sop_class: str = VL_MICROSCOPIC, ts: str = ExplicitVRLittleEndian) -> int:
     """pynetdicom sends the file's bytes as they are, without decoding them first."""
     ae = AE(ae_title=SENDER_AE)
     ae.add_requested_context(sop_class, ts)
