@@ -1,0 +1,104 @@
+"""Coded concepts used in the result objects.
+
+Standard codes come from the DICOM (DCM), SNOMED CT (SCT), NCI Thesaurus (NCIt) and UCUM
+schemes. DCM 111147 "Cytologic analysis" is not used as the finding: in PS3.16 it belongs to
+CID 6028/6029 (Recommended Follow-up), i.e. it *recommends* a cytology, it does not name what
+was examined. The finding is the thyroid nodule whose aspirate the image shows (SCT 237495005)
+at the thyroid (SCT 69748006); the procedure reported is microscopy (SCT 117259009, CID 8131).
+There are no standard codes for the Bethesda groupings, the triage reasons or the review
+decision: they use the private scheme ``99THYCDS`` (PS3.16 8.2: designators starting "99"
+are local), declared in each object's CodingSchemeIdentificationSequence.
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.coding import Code
+
+SCHEME = "99THYCDS"
+SCHEME_NAME = "Thyroid cytology decision support private codes"
+
+# Standard codes.
+THYROID_NODULE = Code("237495005", "SCT", "Thyroid nodule")
+THYROID = Code("69748006", "SCT", "Thyroid")
+MICROSCOPY = Code("117259009", "SCT", "Microscopy")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+COMMENT = Code("121106", "DCM", "Comment")
+FOR_PHYSICIAN_REVIEW = Code("128201", "DCM", "For Physician Review")
+SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
+PHYSICIAN = Code("309343006", "SCT", "Physician")
+RESIDENT = Code("405277009", "SCT", "Resident")
+REVIEWER = Code("C54634", "NCIt", "Reviewer")
+PROBABILITY_UNIT = Code("{probability}", "UCUM", "probability")
+
+# Private concept names.
+CATEGORY = Code("CATEGORY", SCHEME, "Thyroid cytology category")
+AI_CATEGORY = Code("AI-CATEGORY", SCHEME, "AI-suggested thyroid cytology category")
+CONFORMAL_MEMBER = Code("CONFORMAL-SET", SCHEME, "Member of conformal prediction set")
+REFERRED = Code("REFERRED", SCHEME, "Referred for expert review")
+REFERRAL_REASON = Code("REFERRAL-REASON", SCHEME, "Reason for expert review")
+REVIEW_DECISION = Code("REVIEW-DECISION", SCHEME, "Expert review decision")
+
+DECISIONS = {
+    "confirm": Code("CONFIRM", SCHEME, "AI category confirmed"),
+    "change": Code("CHANGE", SCHEME, "AI category changed"),
+    "non_diagnostic": Code("NON-DIAGNOSTIC", SCHEME, "Non-diagnostic specimen"),
+}
+
+#: Triage reason (machine code) -> private code. Unknown reasons still get a code, see reason_code.
+_REASONS = {
+    "indeterminate_class": ("INDETERMINATE", "Indeterminate/Suspicious category"),
+    "low_confidence": ("LOW-CONFIDENCE", "Calibrated confidence below threshold"),
+    "ensemble_disagreement": ("DISAGREEMENT", "Ensemble members disagree"),
+    "basic_premium_disagree": ("DISAGREEMENT", "Ensemble members disagree"),
+    "conformal_set_not_singleton": ("CONFORMAL", "Conformal prediction set is not one class"),
+    "ood_mahalanobis": ("OOD-MAHALANOBIS", "Image features out of distribution (Mahalanobis)"),
+    "ood_energy": ("OOD-ENERGY", "Model output out of distribution (energy)"),
+    "quality_blur": ("Q-BLUR", "Image out of focus"),
+    "quality_empty_field": ("Q-EMPTY-FIELD", "Almost no cells in the field"),
+    "quality_too_small": ("Q-TOO-SMALL", "Image too small"),
+    "quality_not_colour": ("Q-NOT-COLOUR", "Not a colour image"),
+    "quality_overexposed": ("Q-OVEREXPOSED", "Image overexposed"),
+    "quality_underexposed": ("Q-UNDEREXPOSED", "Image underexposed"),
+}
+
+_SH_MAX = 16
+_LO_MAX = 64
+
+
+def _lo(text: str) -> str:
+    return text if len(text) <= _LO_MAX else text[: _LO_MAX - 3] + "..."
+
+
+def _short_value(name: str) -> str:
+    value = name.upper().replace("_", "-")
+    if len(value) > _SH_MAX or not value or "\\" in value:
+        raise ValueError(f"{name!r} does not fit a 16-character code value")
+    return value
+
+
+def class_code(cls: str, display_name: str) -> Code:
+    """Private code of one model class, e.g. (MALIGNANT, 99THYCDS, "Malignant (Bethesda VI)")."""
+    return Code(_short_value(cls), SCHEME, _lo(display_name))
+
+
+def probability_concept(cls: str, display_name: str) -> Code:
+    """Concept name of the measurement holding one class's calibrated probability."""
+    return Code(_short_value(f"P-{cls}"), SCHEME, _lo(f"Probability of {display_name}"))
+
+
+def reason_code(reason: str) -> Code:
+    """Private code of a triage reason; a reason unknown here is coded by its own name."""
+    if reason in _REASONS:
+        value, meaning = _REASONS[reason]
+        return Code(value, SCHEME, meaning)
+    value = reason.upper().replace("_", "-")
+    return Code(value if len(value) <= _SH_MAX else value[:_SH_MAX], SCHEME, _lo(reason.replace("_", " ")))
+
+
+def coding_scheme(manufacturer: str) -> CodingSchemeIdentificationItem:
+    """The CodingSchemeIdentificationSequence item that declares the private scheme."""
+    return CodingSchemeIdentificationItem(
+        designator=SCHEME, name=SCHEME_NAME, responsible_organization=manufacturer
+    )

@@ -1,0 +1,92 @@
+"""Source-image handling shared by the SR, heatmap and KOS builders.
+
+Results go into the source study as new series. highdicom reads the type-2 patient and study
+attributes of the source by attribute access, and sources (e.g. a minimal Secondary Capture)
+may lack them, so every builder works from :func:`evidence_of`: a header-only copy with the
+empty values that type 2 allows filled in.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+
+import highdicom as hd
+from pydicom import Dataset
+
+from cds_daemon.reports.result import AIResult
+
+#: Type 2 attributes of the Patient and General Study modules: present, possibly empty.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+_PIXEL_KEYWORDS = {"PixelData", "FloatPixelData", "DoubleFloatPixelData"}
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_LO_MAX = 64
+
+DEFAULT_MANUFACTURER = "Thyroid CDS"
+SERIES_NUMBER = {"sr": 901, "sc": 902, "kos": 903, "review-sr": 904}
+
+
+def evidence_of(source: Dataset) -> Dataset:
+    """Header-only copy of ``source`` (no pixel data), type-2 patient/study attributes present."""
+    missing = [k for k in _REQUIRED if not source.get(k)]
+    if missing:
+        raise ValueError(f"source dataset lacks {', '.join(missing)}")
+    header = Dataset()
+    for elem in source:
+        if elem.keyword not in _PIXEL_KEYWORDS:
+            header.add(copy.deepcopy(elem))
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    if str(header.PatientSex or "") not in {"", "M", "F", "O"}:
+        header.PatientSex = ""
+    return header
+
+
+def copy_patient_study(target: hd.SOPClass, header: Dataset) -> None:
+    """Copy all patient- and study-level attributes of the source, as PS3.3 requires for the same study."""
+    target.copy_patient_and_study_information(header)
+
+
+def equipment(result: AIResult, manufacturer: str) -> dict[str, str]:
+    """General Equipment keyword arguments for highdicom constructors."""
+    return {
+        "manufacturer": manufacturer,
+        "manufacturer_model_name": result.model_name[:_LO_MAX],
+        "software_versions": result.model_version[:_LO_MAX],
+    }
+
+
+def series_description(prefix: str, result: AIResult, suffix: str) -> str:
+    """``"<prefix> (<model> <version>) - <suffix>"``, shortening the model label to fit LO (64)."""
+    room = _LO_MAX - len(prefix) - len(suffix) - len(" () - ")
+    label = result.model_label
+    if len(label) > room:
+        label = label[: max(room - 3, 0)] + "..."
+    return f"{prefix} ({label}) - {suffix}"
+
+
+def character_set(header: Dataset, result: AIResult, *texts: str | None) -> str | list[str] | None:
+    """The source's SpecificCharacterSet, or UTF-8 ("ISO_IR 192") when text of ours is not ASCII.
+
+    Reviewer names, comments, class names and reasons come from people and configuration; a
+    source in the default repertoire or Latin-1 could not carry them, and pydicom would write "?".
+    """
+    ours = (*result.display_names, *result.reason_texts, result.model_name, result.model_version, *texts)
+    if all(t is None or t.isascii() for t in ours):
+        return header.get("SpecificCharacterSet")
+    return "ISO_IR 192"
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now().replace(microsecond=0)

@@ -1,0 +1,266 @@
+"""TID 1500 Comprehensive SR documents: the AI result, and an expert's decision on it.
+
+The AI SR is COMPLETE (the document holds the whole AI output and is never amended: an
+expert's decision is a new document that names it as predecessor), PRELIMINARY and
+UNVERIFIED (no person has vouched for it). The review SR is COMPLETE, FINAL and VERIFIED.
+Both hold one TID 1501 group about the same finding (same tracking UID), so a viewer can
+line up the AI's and the expert's category.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes as std
+from pydicom.sr.coding import Code
+from pydicom.valuerep import DT
+
+from cds_daemon.reports import codes
+from cds_daemon.reports.observer import device_observer
+from cds_daemon.reports.result import AIResult
+from cds_daemon.reports.source import (
+    DEFAULT_MANUFACTURER,
+    SERIES_NUMBER,
+    character_set,
+    equipment,
+    evidence_of,
+    now,
+    series_description,
+)
+from cds_daemon.reports.uids import derived_uid
+
+DECISIONS = frozenset(codes.DECISIONS)
+_PN_COMPONENT_MAX = 64
+
+
+def _tracking(header: Dataset, result: AIResult) -> hd.sr.TrackingIdentifier:
+    uid = derived_uid(header.SOPInstanceUID, result.model_version, "finding")
+    return hd.sr.TrackingIdentifier(uid=uid, identifier="Thyroid FNAB cytology classification")
+
+
+def _source_image(header: Dataset) -> hd.sr.SourceImageForMeasurementGroup:
+    frames = [1] if int(header.get("NumberOfFrames", 1) or 1) > 1 else None
+    return hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=header.SOPClassUID,
+        referenced_sop_instance_uid=header.SOPInstanceUID,
+        referenced_frame_numbers=frames,
+    )
+
+
+def _algorithm(result: AIResult, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+    """TID 4019; the bundle hash and the ensemble members' outputs go in as parameters."""
+    params = [f"bundle_sha256={result.model_sha256}", f"classes={','.join(result.classes)}"]
+    for member, probs in (("basic", result.basic_probabilities), ("premium", result.premium_probabilities)):
+        if probs is not None:
+            params.append(f"{member}_probabilities={','.join(f'{p:.6f}' for p in probs)}")
+    return hd.sr.AlgorithmIdentification(
+        name=result.model_name, version=result.model_version, parameters=params, manufacturer=manufacturer
+    )
+
+
+def _evaluation(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(name=name, value=value)
+
+
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _ai_group(
+    header: Dataset, result: AIResult, manufacturer: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.probability_concept(cls, display),
+            value=float(p),
+            unit=codes.PROBABILITY_UNIT,
+        )
+        for cls, display, p in zip(result.classes, result.display_names, result.probabilities, strict=True)
+    ]
+    evaluations = [
+        _evaluation(
+            codes.CATEGORY, codes.class_code(result.predicted, result.display_name(result.predicted))
+        ),
+        _evaluation(codes.REFERRED, codes.YES if result.referred else codes.NO),
+        *(_evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
+        *(
+            _evaluation(codes.CONFORMAL_MEMBER, codes.class_code(c, result.display_name(c)))
+            for c in result.conformal_set
+        ),
+    ]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(header, result),
+        finding_type=codes.THYROID_NODULE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
+        algorithm_id=_algorithm(result, manufacturer),
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+        source_images=[_source_image(header)],
+    )
+    group[0].ContentSequence.extend(_text(codes.REFERRAL_REASON, t) for t in result.reason_texts)
+    return group
+
+
+def build_ai_sr(
+    source: Dataset,
+    result: AIResult,
+    *,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    device_uid: str | None = None,
+) -> Dataset:
+    """The AI result as a TID 1500 Comprehensive SR in the source study (new series, deterministic UIDs)."""
+    result.validate()
+    header = evidence_of(source)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(result, manufacturer, device_uid)
+        ),
+        procedure_reported=codes.MICROSCOPY,
+        imaging_measurements=[_ai_group(header, result, manufacturer)],
+    )
+    created = now()
+    return hd.sr.ComprehensiveSR(
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
+        series_number=SERIES_NUMBER["sr"],
+        sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr"),
+        instance_number=1,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description("AI cytology result", result, "PRELIMINARY"),
+        coding_schemes=[codes.coding_scheme(manufacturer)],
+        specific_character_set=character_set(header, result, manufacturer),
+        content_date=created.date(),
+        content_time=created.time(),
+        series_date=created.date(),
+        series_time=created.time(),
+        **equipment(result, manufacturer),
+    )
+
+
+def _person_name(name: str) -> str:
+    """A display name without carets becomes a one-component PN ("Jane Doe^") rather than a guessed split."""
+    name = name.strip()
+    if not name:
+        raise ValueError("reviewer_name is required")
+    if "^" in name:
+        return name
+    return name[:_PN_COMPONENT_MAX] + "^"
+
+
+def _role_code(role: str) -> hd.sr.CodedConcept | None:
+    """Role in the organisation (CID 7452) where the free-text role maps onto one."""
+    lowered = role.lower()
+    if "resident" in lowered:
+        return hd.sr.CodedConcept.from_code(codes.RESIDENT)
+    if any(word in lowered for word in ("patholog", "physician", "doctor")):
+        return hd.sr.CodedConcept.from_code(codes.PHYSICIAN)
+    return None
+
+
+def _final_class(decision: str, final_class: str | None, result: AIResult) -> str | None:
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {sorted(DECISIONS)}, got {decision!r}")
+    if final_class is not None and final_class not in result.classes:
+        raise ValueError(f"final_class {final_class!r} is not one of {result.classes}")
+    if decision == "non_diagnostic":
+        if final_class is not None:
+            raise ValueError("a non-diagnostic decision has no final class")
+        return None
+    if decision == "confirm":
+        if result.predicted not in result.classes:
+            raise ValueError("there is no AI class to confirm")
+        if final_class not in (None, result.predicted):
+            raise ValueError(f"confirm keeps the AI class {result.predicted!r}, got {final_class!r}")
+        return result.predicted
+    if final_class is None or final_class == result.predicted:
+        raise ValueError("change needs a final class different from the AI class")
+    return final_class
+
+
+def build_review_sr(
+    source: Dataset,
+    ai_sr: Dataset,
+    *,
+    reviewer_name: str,
+    reviewer_role: str,
+    decision: str,
+    final_class: str | None,
+    comment: str | None,
+    decided_at: datetime.datetime,
+    sequence: int,
+    result: AIResult,
+    organization: str | None = None,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+) -> Dataset:
+    """An expert's decision as a verified TID 1500 SR with the AI SR as predecessor.
+
+    ``organization`` (Verifying Organization, type 1) defaults to the source's InstitutionName.
+    """
+    if sequence < 1:
+        raise ValueError("sequence numbers start at 1")
+    header = evidence_of(source)
+    if ai_sr.StudyInstanceUID != header.StudyInstanceUID:
+        raise ValueError("the AI SR belongs to another study than the source image")
+    final = _final_class(decision, final_class, result)
+    name = _person_name(reviewer_name)
+    org = (organization or str(header.get("InstitutionName", "") or "") or "Unspecified")[:64]
+
+    evaluations = [_evaluation(codes.REVIEW_DECISION, codes.DECISIONS[decision])]
+    if final is not None:
+        evaluations.append(_evaluation(codes.CATEGORY, codes.class_code(final, result.display_name(final))))
+    if result.predicted in result.classes:
+        ai_class = codes.class_code(result.predicted, result.display_name(result.predicted))
+        evaluations.append(_evaluation(codes.AI_CATEGORY, ai_class))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(header, result),
+        finding_type=codes.THYROID_NODULE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
+        qualitative_evaluations=evaluations,
+        source_images=[_source_image(header)],
+    )
+    if comment:
+        group[0].ContentSequence.append(_text(codes.COMMENT, comment))
+    person = hd.sr.ObserverContext(
+        observer_type=std.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=name,
+            organization_name=org,
+            role_in_organization=_role_code(reviewer_role),
+            role_in_procedure=codes.REVIEWER,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=person),
+        procedure_reported=codes.MICROSCOPY,
+        imaging_measurements=[group],
+    )
+    local = decided_at.astimezone() if decided_at.tzinfo else decided_at  # Content Date/Time are local
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "review-sr-series"),
+        series_number=SERIES_NUMBER["review-sr"],
+        sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, f"review-sr:{sequence}"),
+        instance_number=sequence,
+        is_complete=True,
+        is_final=True,
+        is_verified=True,
+        verifying_observer_name=name,
+        verifying_organization=org,
+        previous_versions=[ai_sr],
+        series_description=series_description("Expert review of AI cytology", result, "VERIFIED"),
+        coding_schemes=[codes.coding_scheme(manufacturer)],
+        specific_character_set=character_set(header, result, manufacturer, name, org, comment),
+        content_date=local.date(),
+        content_time=local.time(),
+        manufacturer=manufacturer,  # made by the review worklist, not by the model
+    )
+    sr.VerifyingObserverSequence[0].VerificationDateTime = DT(decided_at)
+    return sr

@@ -1,0 +1,41 @@
+"""Deterministic UIDs for the result objects.
+
+A UID is derived from the source SOPInstanceUID, the model version and the object kind, so
+re-processing an image with the same model replaces its results in the PACS instead of
+adding duplicates, and a new model version gets new objects next to the old ones.
+UIDs are "2.25." + a name-based (SHA-1, version 5) UUID (PS3.5 B.2): no organisation root has to
+be registered. ``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` is not used because with
+``prefix=None`` it ignores ``entropy_srcs`` and returns a random UUID.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cds_daemon:reports:v1")
+_KINDS = frozenset({"sr", "sc", "kos", "sr-series", "sc-series", "kos-series", "review-sr-series", "finding"})
+_REVIEW = re.compile(r"review-sr:[1-9][0-9]*")
+
+
+def derived_uid(source_sop_instance_uid: str, model_version: str, kind: str) -> str:
+    """The UID of one result object (or series) made from one source image by one model version.
+
+    ``kind`` is one of "sr", "sc", "kos", their "-series" variants, "review-sr-series",
+    "finding" (the TID 1501 tracking UID) or "review-sr:<n>" (n >= 1).
+    """
+    if kind not in _KINDS and not _REVIEW.fullmatch(kind):
+        raise ValueError(f"unknown derived UID kind {kind!r}")
+    if not source_sop_instance_uid or not model_version:
+        raise ValueError("source SOPInstanceUID and model version are required")
+    return _uid("result", source_sop_instance_uid, model_version, kind)
+
+
+def device_uid(manufacturer: str, model_name: str) -> str:
+    """Stable Device Observer UID (TID 1004) for one manufacturer and model name."""
+    return _uid("device", manufacturer, model_name)
+
+
+def _uid(*parts: str) -> str:
+    # NUL cannot occur in a UID or LO value, so the joined name is unambiguous.
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(0).join(parts)).int}"
