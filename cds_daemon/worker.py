@@ -85,8 +85,8 @@ def process_image(path: Path, engine: Engine, settings: Settings) -> Processed:
     triage = decide(pred, quality, settings.triage, engine.bundle.manifest.confidence_threshold)
     result = to_ai_result(pred, triage, engine)
     sr = build_ai_sr(image.dataset, result)
-    sc = build_heatmap_sc(image.dataset, image.rgb, result)
-    objects: list[tuple[str, pydicom.Dataset]] = [("sr", sr), ("sc", sc)]
+    sc = build_heatmap_sc(image.dataset, image.rgb, result) if result.cam is not None else None
+    objects: list[tuple[str, pydicom.Dataset]] = [("sr", sr)] + ([("sc", sc)] if sc is not None else [])
     if triage.referred:
         objects.append(("kos", build_review_kos(image.dataset, result, sr, sc)))
     t_end = time.perf_counter()

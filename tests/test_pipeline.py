@@ -136,8 +136,8 @@ def test_undecodable_image_fails_alone(
     daemon = _start(make_daemon, tiny_bundle, orthanc)
     good, bad = write_images(tmp_path / "in", 2, ts="jpeg-baseline", seed=600)
     ds = pydicom.dcmread(bad)
-    frags = list(pydicom.encaps.generate_fragments(ds.PixelData))
-    corrupt = frags[0][:600] + bytes(len(frags[0]) - 600)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    corrupt = frame[:600] + b"\xff\xd9"  # headers, then the scan cut short and an end-of-image marker
     ds.PixelData = pydicom.encaps.encapsulate([corrupt])
     ds.save_as(bad, enforce_file_format=True)
     assert storescu(daemon.port, bad, good, extra=STORESCU_PROPOSE["jpeg-baseline"]).returncode == 0
