@@ -1,6 +1,6 @@
 """Input-quality gate: is this a usable colour microscope field at all?
 
-Cheap image statistics on a downsampled copy (about 5 ms for 1024x768). Each failed check
+Cheap image statistics on a downsampled copy (about 35 ms for 1024x768). Each failed check
 is a referral reason; the model still runs so the reviewer sees its output, but the case
 goes to expert review.
 """

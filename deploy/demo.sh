@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One command on a fresh Debian machine: set up, start a demo PACS (Orthanc on 4242/8042)
-# and cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112), send sample
-# microscope images with dcmtk's storescu, and show what the daemon received.
+# One command on a fresh Debian machine: set up, build the demo model bundle (once, cached in
+# var/demo-bundle; about 15 minutes on 2 cores), start a demo PACS (Orthanc on 4242/8042) and
+# cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112), send sample microscope
+# images with dcmtk's storescu, and show the results that came back into the PACS.
 #   bash deploy/demo.sh           keeps both running until Ctrl-C
 #   bash deploy/demo.sh --once    stops them after showing the result
 set -euo pipefail
@@ -10,6 +11,14 @@ ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
 
 bash deploy/setup.sh
 PY=.venv/bin/python
+BUNDLE=var/demo-bundle
+if [ ! -f "$BUNDLE/manifest.json" ]; then
+  echo "demo: building the demo model bundle from synthetic data (first run only)"
+  rm -rf "$BUNDLE.tmp"
+  $PY -m model_build demo-bundle "$BUNDLE.tmp"
+  mv "$BUNDLE.tmp" "$BUNDLE"
+fi
+export CDS_MODEL_BUNDLE=$BUNDLE
 mkdir -p var/demo/orthanc var/demo/samples
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -42,7 +51,27 @@ echo "demo: sending with storescu"
 storescu -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/*.dcm
 echo "demo: received by the daemon (JSON log lines):"
 grep '"instance_received"' var/demo/daemon.log | tail -n 6
+echo "demo: waiting for the results to reach the PACS"
+for _ in $(seq 1 240); do
+  pending=$(.venv/bin/cds-daemon status --json | $PY -c 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["received"]+s["instances"]["processing"]+s["outbox"]["pending"])')
+  [ "$pending" -eq 0 ] && break
+  sleep 0.5
+done
+grep '"instance_reported"' var/demo/daemon.log | $PY -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    flag = "REFERRED: " + ", ".join(e["reasons"]) if e["referred"] else "not referred"
+    print(f"  {e[\"sop_instance_uid\"][-24:]}  {e[\"predicted\"]:<13} confidence {e[\"confidence\"]:.2f}  {flag}")'
 .venv/bin/cds-daemon status
+echo "demo: the PACS now holds (Orthanc, http://127.0.0.1:8042):"
+curl -s http://127.0.0.1:8042/series?expand | $PY -c '
+import json, sys
+for s in json.load(sys.stdin):
+    t = s["MainDicomTags"]
+    print(f"  {t.get(\"Modality\", \"\"):<3} {len(s[\"Instances\"])} instance(s)  {t.get(\"SeriesDescription\", \"\")}")'
+sr=$(ls -t var/data/results/*/*.dcm 2>/dev/null | head -n 50 | while read -r f; do dcmdump -q +P 0008,0060 "$f" | grep -q "\[SR\]" && echo "$f" && break; done)
+if [ -n "$sr" ]; then echo "demo: one AI structured report (dsrdump):"; dsrdump -q "$sr" | head -n 60; fi
 
 if [ "$ONCE" -eq 1 ]; then exit 0; fi
 echo "demo: running; logs in var/demo/*.log. Ctrl-C stops both."
