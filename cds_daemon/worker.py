@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from PIL import Image
 
 from cds_daemon.bundle import MANIFEST_NAME, sha256_file
 from cds_daemon.config import Settings
@@ -74,13 +76,23 @@ def to_ai_result(pred: Prediction, triage: TriageDecision, engine: Engine) -> AI
     )
 
 
+def _at_least(rgb: np.ndarray, min_side: int) -> np.ndarray:
+    """Upscale an image too small to tile (already referred by the quality gate) so the model can run."""
+    h, w = rgb.shape[:2]
+    if min(h, w) >= min_side:
+        return rgb
+    scale = min_side / min(h, w)
+    size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.NEAREST))
+
+
 def process_image(path: Path, engine: Engine, settings: Settings) -> Processed:
     """The whole per-image pipeline, no store or network: also used by ``cds-daemon replay``."""
     t0 = time.perf_counter()
     image = decode(path)
     t_decode = time.perf_counter()
     quality = assess(image.rgb, was_colour=image.was_colour, settings=settings.quality)
-    pred = engine.predict(image.rgb)
+    pred = engine.predict(_at_least(image.rgb, settings.quality.min_side_px))
     t_model = time.perf_counter()
     triage = decide(pred, quality, settings.triage, engine.bundle.manifest.confidence_threshold)
     result = to_ai_result(pred, triage, engine)

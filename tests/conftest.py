@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_fixtures.identity import FAKE_NAME_PREFIX, FAKE_PATIENT_ID_RE
 from tests.support.processes import DaemonProcess, OrthancProcess
 
 
@@ -22,6 +23,17 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     for d in made:
         if d.proc is not None and d.proc.poll() is None:
             d.kill()
+    for d in made:
+        assert_no_patient_identifiers(d.log_path)
+
+
+def assert_no_patient_identifiers(log_path: Path) -> None:
+    """Privacy: no fixture patient name or ID in any line the daemon logged."""
+    if not log_path.exists():
+        return
+    for number, line in enumerate(log_path.read_text(errors="replace").splitlines(), 1):
+        leaked = FAKE_NAME_PREFIX in line or FAKE_PATIENT_ID_RE.search(line)
+        assert not leaked, f"{log_path}:{number} logs a patient identifier: {line[:300]}"
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 
 from tests.support.dicom_files import dataset_bytes, write_images
-from tests.support.processes import DAEMON_AE, SENDER_AE, STORESCU_PROPOSE, DaemonProcess, echoscu, storescu
+from tests.support.processes import SENDER_AE, STORESCU_PROPOSE, DaemonProcess, echoscu, send_raw, storescu
 
 pytestmark = pytest.mark.integration
 VL_MICROSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.2"
@@ -24,19 +22,6 @@ def _rows(d: DaemonProcess, sql: str) -> list[tuple]:
         return db.execute(sql).fetchall()
     finally:
         db.close()
-
-
-def _send_raw(port: int, path: Path, sop_class: str = VL_MICROSCOPIC, ts: str = ExplicitVRLittleEndian) -> int:
-    """pynetdicom sends the file's bytes as they are, without decoding them first."""
-    ae = AE(ae_title=SENDER_AE)
-    ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title=DAEMON_AE)
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        assoc.release()
-    return int(status.Status)
 
 
 def test_echo_and_rejected_callers(make_daemon: Callable[..., DaemonProcess]) -> None:
@@ -119,11 +104,11 @@ def test_truncated_files_are_refused(daemon: DaemonProcess, tmp_path: Path) -> N
     data = write_images(tmp_path / "in", 1)[0].read_bytes()
     in_pixels = tmp_path / "cut-in-pixels.dcm"
     in_pixels.write_bytes(data[: len(data) // 2])
-    assert _send_raw(daemon.port, in_pixels) == 0xA900
+    assert send_raw(daemon.port, in_pixels) == 0xA900
     in_header = tmp_path / "cut-in-header.dcm"
     header_end = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) PixelData
     in_header.write_bytes(data[: header_end - 7])
-    assert _send_raw(daemon.port, in_header) in (0xA900, 0xC000)
+    assert send_raw(daemon.port, in_header) in (0xA900, 0xC000)
     assert _rows(daemon, "SELECT COUNT(*) FROM instances") == [(0,)]
     assert len(_rows(daemon, "SELECT * FROM rejections")) == 2
     assert echoscu(daemon.port).returncode == 0, "daemon must keep serving"

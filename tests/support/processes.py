@@ -194,6 +194,32 @@ def storescu(port: int, *files: Path, calling: str = SENDER_AE, called: str = DA
     return dcmtk("storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files))
 
 
+def send_raw(port: int, path: Path, calling: str = SENDER_AE, called: str = DAEMON_AE) -> int:
+    """Send a file's bytes as they are (pynetdicom, no decoding): for inputs dcmtk refuses to read.
+
+    Returns the C-STORE status, or -2 when no presentation context was accepted (refused at
+    negotiation), -1 when no association, -3 when no response.
+    """
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    meta = read_file_meta_info(path)
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return -1
+    try:
+        status = assoc.send_c_store(path)
+    except ValueError:
+        return -2
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return int(status.Status) if status is not None and "Status" in status else -3
+
+
 def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE):
     return dcmtk("echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port))
 
