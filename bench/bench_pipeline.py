@@ -21,15 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cds_daemon.bundle import read_manifest  # noqa: E402
-from cds_daemon.config import load_settings  # noqa: E402
-from cds_daemon.engine import Engine  # noqa: E402
-from cds_daemon.pixels import decode  # noqa: E402
-from cds_daemon.reports.uids import derived_uid  # noqa: E402
-from cds_daemon.spool import Spool  # noqa: E402
-from cds_daemon.worker import encode, process_image  # noqa: E402
-from tests.support.dicom_files import write_images  # noqa: E402
-from tests.support.processes import DaemonProcess, OrthancProcess, storescu  # noqa: E402
+from cds_daemon.bundle import read_manifest
+from cds_daemon.config import load_settings
+from cds_daemon.engine import Engine
+from cds_daemon.pixels import decode
+from cds_daemon.reports.uids import derived_uid
+from cds_daemon.spool import Spool
+from cds_daemon.worker import encode, process_image
+from tests.support.dicom_files import write_images
+from tests.support.processes import DaemonProcess, OrthancProcess, storescu
 
 LABELS = ("benign", "indeterminate", "malignant")
 

@@ -1,4 +1,4 @@
-"""The ``cds-daemon`` command line: serve, check, status."""
+"""The ``cds-daemon`` command line: serve, check, status, replay, worklist, user."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cds_daemon.config import ConfigError, Settings, load_settings
 from cds_daemon.logs import configure_logging
+from cds_daemon.review_cli import add_parsers as add_review_parsers
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -102,6 +104,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 }
                 for d in store.dead_letters()
             ],
+            "worklist": store.worklist_counts(),
+            "review_agreement": store.agreement(),
         }
     finally:
         store.close()
@@ -121,7 +125,21 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"  DEAD  {d['kind']} -> {d['destination']} after {d['attempts']} attempts: {d['error']}"
                 f" (source {d['source_uid']})"
             )
+        print("worklist: " + ", ".join(f"{k} {v}" for k, v in report["worklist"].items()))
+        _print_agreement(report["review_agreement"])
     return EXIT_OK
+
+
+def _print_agreement(agreement: dict[str, Any]) -> None:
+    """AI vs reviewer per AI class: how often the reviewer kept the class, and the override rate."""
+    rate = agreement["override_rate"]
+    overall = "" if rate is None else f", override rate {rate:.1%}"
+    print(f"review agreement: {agreement['decisions']} decisions, {agreement['overrides']} overrides{overall}")
+    for ai_class, finals in sorted(agreement["pairs"].items()):
+        total = sum(finals.values())
+        kept = finals.get(ai_class, 0)
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(finals.items()))
+        print(f"  AI {ai_class:<14} {total:>5} reviewed, {kept / total:.0%} kept ({mix})")
 
 
 def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -189,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, default=Path("replay-out"))
     replay.add_argument("--bundle", type=Path, help="model bundle (default: model_bundle from the config)")
     replay.set_defaults(func=_cmd_replay)
+    add_review_parsers(sub)
     return parser
 
 

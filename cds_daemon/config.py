@@ -175,6 +175,35 @@ class HealthSettings(_Section):
     worker_stall_s: float = Field(120.0, gt=0, description="not ready when the worker loop is silent this long")
 
 
+class WorklistSettings(_Section):
+    """The expert-review worklist: escalation of waiting cases and the daily summary log line."""
+
+    escalate_after_hours: float = Field(24.0, gt=0, description="open or in review longer than this: escalated")
+    escalation_check_minutes: float = Field(5.0, gt=0, description="how often overdue items are looked for")
+    summary_hour_utc: int = Field(6, ge=0, le=23, description="hour (UTC) of the daily worklist summary log line")
+
+
+class WebSettings(_Section):
+    """The reviewers' web page (worklist, case view, decisions, admin statistics)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8043, ge=0, le=65535, description="0 = any free port (tests)")
+    threads: int = Field(4, ge=1, le=64, description="request threads of the WSGI server")
+    session_minutes: float = Field(480.0, gt=0, description="a login lasts this long")
+    secret_key_file: Path | None = Field(
+        None, description="key that signs session cookies; empty = web-secret.key in the data directory"
+    )
+    cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind a TLS proxy)")
+    max_failed_logins: int = Field(5, ge=1, description="failed logins per user name before a 15-minute lockout")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
 class StorageSettings(_Section):
     """Where received files and the database live."""
 
@@ -210,6 +239,8 @@ class Settings(BaseSettings):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

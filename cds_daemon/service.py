@@ -72,6 +72,8 @@ class Service:
         self.egress = None
         self.listener: Listener | None = None
         self.health: HealthServer | None = None
+        self.web = None
+        self.web_problem: str | None = None
         self._last_watchdog = 0.0
         self._collector = StoreCollector(self.store, settings.storage.data_dir)
 
@@ -103,6 +105,7 @@ class Service:
             log.info("model_loaded", name=engine.manifest.name, version=engine.manifest.version)
             self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
             self.worker.start()
+        self._add_worklist_jobs()
         if self.worker is None:
             self.scheduler.add_job(self.watchdog, "interval", seconds=5, id="watchdog")
         if s.storage.retention_days is not None:
@@ -112,6 +115,8 @@ class Service:
             REGISTRY.register(self._collector)
             self.health = HealthServer(s.health.bind_address, s.health.port, self.readiness, self.liveness)
             self.health.start()
+        if s.web.enabled:
+            self._start_web()
         self.listener = Listener(
             s.listener, self.store, self.spool, on_received=self.worker.wake if self.worker else lambda: None
         )
@@ -119,6 +124,43 @@ class Service:
             self.listener.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {s.listener.bind_address}:{s.listener.port}: {exc}") from exc
+
+    def _add_worklist_jobs(self) -> None:
+        from cds_daemon.review import escalate_overdue, log_daily_summary
+
+        w = self.settings.worklist
+        self.scheduler.add_job(
+            escalate_overdue,
+            "interval",
+            args=(self.store, w.escalate_after_hours),
+            minutes=w.escalation_check_minutes,
+            id="worklist-escalation",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            log_daily_summary, "cron", args=(self.store,), hour=w.summary_hour_utc, id="worklist-summary", coalesce=True
+        )
+
+    def _start_web(self) -> None:
+        """The reviewers' page. A busy port leaves DICOM ingest running and makes the daemon not ready."""
+        from cds_daemon.review import ReviewService
+        from cds_daemon.web.app import WebContext
+        from cds_daemon.web.server import WebServer
+
+        web = self.settings.web
+        review = ReviewService(self.settings, self.store, on_queued=self.wake_egress)
+        ctx = WebContext(self.settings, self.store, review, self.worker.engine if self.worker else None)
+        try:
+            self.web = WebServer(ctx)
+        except OSError as exc:
+            self.web_problem = f"review web page cannot listen on {web.bind_address}:{web.port}: {exc}"
+            log.error("web_failed", reason=self.web_problem)
+            return
+        self.web.start()
+        if not self.store.users():
+            log.warning("no_review_users", detail="create one with: cds-daemon user add NAME --role admin")
 
     def watchdog(self) -> None:
         """systemd WATCHDOG=1, at most every 5 s; called from the worker loop, so a stuck worker stops it."""
@@ -147,6 +189,8 @@ class Service:
         free = self.spool.free_bytes()
         if free < self.spool.min_free_bytes or self.spool.used_ratio() > self.spool.max_used_ratio:
             problems.append("disk above the watermark: new images are refused (0xA700)")
+        if self.web_problem:
+            problems.append(self.web_problem)
         dead = self.store.outbox_counts()["dead"]
         if dead:
             problems.append(f"{dead} result object(s) dead-lettered: see cds-daemon status")
@@ -174,6 +218,8 @@ class Service:
             job.modify(next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         if self.health is not None:
             self.health.stop()
             REGISTRY.unregister(self._collector)

@@ -11,6 +11,11 @@ need_apt=()
 command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+command -v curl >/dev/null || need_apt+=(curl)
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -57,6 +57,7 @@ class DaemonProcess:
     workdir: Path
     port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    web_port: int = field(default_factory=free_port)
     allowed: list[tuple[str, list[str]]] = field(
         default_factory=lambda: [(SENDER_AE, ["127.0.0.1/32"]), ("ORTHANC", ["127.0.0.1/32"])]
     )
@@ -98,6 +99,8 @@ class DaemonProcess:
             "max_used_percent = 100",
             "[health]",
             f"port = {self.health_port}",
+            "[web]",
+            f"port = {self.web_port}",
         ]
         for ae, addresses in self.allowed:
             lines += [

@@ -1,0 +1,323 @@
+"""The reviewers' Flask application: login, worklist, case view, decisions, admin statistics.
+
+Every page needs a login; every POST needs the session's CSRF token; every action is audited.
+Patient identifiers appear only in pages for logged-in users and never in a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, abort, flash, g, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import HTTPException
+
+from cds_daemon.auth import LoginThrottle, authenticate
+from cds_daemon.bundle import MANIFEST_NAME, sha256_file
+from cds_daemon.config import Settings
+from cds_daemon.logs import get_logger
+from cds_daemon.review import ReviewError, ReviewService
+from cds_daemon.store import Store, WorklistItem
+from cds_daemon.web import imaging, present
+from cds_daemon.web.security import (
+    SessionRegistry,
+    admin_required,
+    csrf_ok,
+    csrf_token,
+    load_secret_key,
+    load_user,
+    login_required,
+    safe_next,
+    secure_headers,
+)
+
+if TYPE_CHECKING:
+    from cds_daemon.engine import Engine
+
+log = get_logger("web")
+
+STATUS_FILTERS = {
+    "active": "Active",
+    "open": "Open",
+    "in_review": "In review",
+    "escalated": "Escalated",
+    "done": "Done",
+}
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    store: Store
+    review: ReviewService
+    engine: Engine | None = None
+    registry: SessionRegistry = field(init=False)
+    throttle: LoginThrottle = field(init=False)
+    images: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(24))
+    heatmaps: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
+
+    def __post_init__(self) -> None:
+        self.registry = SessionRegistry(self.settings.web.session_minutes * 60)
+        self.throttle = LoginThrottle(self.settings.web.max_failed_logins)
+
+    @functools.cached_property
+    def engine_sha(self) -> str | None:
+        return None if self.engine is None else sha256_file(self.engine.bundle.directory / MANIFEST_NAME)
+
+
+def _actor() -> str:
+    return g.user.username if g.get("user") is not None else "anonymous"
+
+
+def _item_or_404(ctx: WebContext, item_id: int) -> WorklistItem:
+    item = ctx.store.worklist_get(item_id)
+    if item is None:
+        abort(404)
+    return item
+
+
+def _source_path(ctx: WebContext, item: WorklistItem, uid: str) -> Path:
+    if uid not in item.images:
+        abort(404)
+    instance = ctx.store.get_instance(uid)
+    if instance is None or instance.purged_at or not Path(instance.spool_path).is_file():
+        abort(404)
+    return Path(instance.spool_path)
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+def create_app(ctx: WebContext) -> Flask:
+    """The WSGI application; ``ctx`` carries the store, the review service and (optionally) the engine."""
+    web = ctx.settings.web
+    app = Flask(__name__)
+    key_file = web.secret_key_file or ctx.settings.storage.data_dir / "web-secret.key"
+    app.config.update(
+        SECRET_KEY=load_secret_key(key_file),
+        SESSION_COOKIE_NAME="cds_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=web.cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=web.session_minutes),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.jinja_env.globals.update(csrf_token=csrf_token, reason_label=present.reason_label)
+    app.jinja_env.globals.update(STATUS_LABELS=present.STATUS_LABELS, PRIORITY_LABELS=present.PRIORITY_LABELS)
+    app.after_request(secure_headers)
+
+    @app.before_request
+    def _before() -> Any:
+        g.user = load_user(ctx.store, ctx.registry)
+        if request.method == "POST" and not csrf_ok():
+            ctx.store.audit(_actor(), "web:csrf-refused", None, path=request.path)
+            abort(400, description="The form expired or did not come from this site. Reload the page and try again.")
+        return None
+
+    @app.errorhandler(HTTPException)
+    def _error(exc: HTTPException) -> Any:
+        if request.path.endswith(".png") or exc.code is None:
+            return exc
+        if exc.code == 403:
+            ctx.store.audit(_actor(), "web:forbidden", None, path=request.path)
+        return render_template("error.html", error=exc), exc.code
+
+    @app.errorhandler(ReviewError)
+    def _review_error(exc: ReviewError) -> Any:
+        return render_template("error.html", error=exc, message=str(exc)), 503
+
+    _register_auth(app, ctx)
+    _register_worklist(app, ctx)
+    _register_case(app, ctx)
+    _register_admin(app, ctx)
+    return app
+
+
+def _register_auth(app: Flask, ctx: WebContext) -> None:
+    @app.get("/login")
+    def login() -> Any:
+        if g.user is not None:
+            return redirect(safe_next(request.args.get("next")))
+        return render_template("login.html", next=request.args.get("next", ""), no_users=not ctx.store.users())
+
+    @app.post("/login")
+    def login_post() -> Any:
+        username = request.form.get("username", "").strip().lower()
+        password = request.form.get("password", "")
+        target = safe_next(request.form.get("next"))
+        if ctx.throttle.locked(username):
+            ctx.store.audit("anonymous", "web:login-locked", None, username=username)
+            flash("Too many failed attempts for this user. Try again in 15 minutes.", "error")
+            return render_template("login.html", next=target, username=username), 429
+        user = authenticate(ctx.store, username, password)
+        if user is None:
+            ctx.throttle.failed(username)
+            ctx.store.audit("anonymous", "web:login-failed", None, username=username, address=request.remote_addr)
+            log.info("web_login_failed", username=username)
+            flash("Unknown user name or wrong password.", "error")
+            return render_template("login.html", next=target, username=username), 401
+        ctx.throttle.succeeded(username)
+        session.clear()
+        session.permanent = True
+        session["sid"] = ctx.registry.open(user.username)
+        csrf_token()
+        ctx.store.audit(user.username, "web:login", None, address=request.remote_addr)
+        log.info("web_login", username=user.username, role=user.role)
+        return redirect(target)
+
+    @app.post("/logout")
+    def logout() -> Any:
+        if g.user is not None:
+            ctx.store.audit(g.user.username, "web:logout", None)
+        ctx.registry.close(session.get("sid"))
+        session.clear()
+        return redirect(url_for("login"))
+
+    @app.get("/")
+    def index() -> Any:
+        return redirect(url_for("worklist"))
+
+
+def _register_worklist(app: Flask, ctx: WebContext) -> None:
+    @app.get("/worklist")
+    @login_required
+    def worklist() -> Any:
+        status = request.args.get("status", "active")
+        status = status if status in STATUS_FILTERS else "active"
+        sort = request.args.get("sort", "priority")
+        sort = sort if sort in present.SORTS else "priority"
+        query = request.args.get("q", "")[:100]
+        reason = request.args.get("reason", "")
+        items = ctx.store.worklist(None if status == "active" else status)
+        rows = present.worklist_rows(ctx.store, ctx.review.labels, items)
+        reasons = sorted({r for row in rows for r in row.reasons})
+        rows = [r for r in rows if r.matches(query) and (not reason or reason in r.reasons)]
+        counts = ctx.store.worklist_counts()
+        counts["active"] = counts["open"] + counts["in_review"] + counts["escalated"]
+        ctx.store.audit(g.user.username, "web:worklist", None, status=status, shown=len(rows))
+        return render_template(
+            "worklist.html",
+            rows=present.sort_rows(rows, sort),
+            counts=counts,
+            status=status,
+            sort=sort,
+            query=query,
+            reason=reason,
+            reasons=reasons,
+            statuses=STATUS_FILTERS,
+            sorts=present.SORTS,
+        )
+
+
+def _next_item(ctx: WebContext, after: int, username: str) -> WorklistItem | None:
+    """The most urgent other case that is not being reviewed by someone else."""
+    for item in ctx.store.worklist():
+        if item.id != after and not (item.status == "in_review" and item.assignee not in (None, username)):
+            return item
+    return None
+
+
+def _register_case(app: Flask, ctx: WebContext) -> None:
+    @app.get("/case/<int:item_id>")
+    @login_required
+    def case(item_id: int) -> Any:
+        item = _item_or_404(ctx, item_id)
+        if not item.images:
+            abort(404)
+        uid = request.args.get("image") or next((u for u in item.images if u not in item.decided), item.images[0])
+        if uid not in item.images:
+            abort(404)
+        taken_by_other = item.status == "in_review" and item.assignee not in (None, g.user.username)
+        if item.status != "done" and not taken_by_other and item.assignee != g.user.username:
+            ctx.store.worklist_assign(item.id, g.user.username)
+            item = _item_or_404(ctx, item_id)
+        ctx.store.audit(g.user.username, "web:view-case", uid, worklist_id=item.id)
+        labels = ctx.review.labels
+        decisions = ctx.store.decisions(item.id)
+        panel = present.image_panel(ctx.store, labels, item, uid, decisions)
+        prediction = ctx.store.get_prediction(uid)
+        heatmap = ctx.engine is not None and prediction is not None and prediction.model_sha256 == ctx.engine_sha
+        upcoming = _next_item(ctx, item.id, g.user.username)
+        return render_template(
+            "case.html",
+            item=item,
+            panel=panel,
+            labels=labels,
+            heatmap=heatmap,
+            next_item=upcoming,
+            thumbs=[(i, u, u in item.decided) for i, u in enumerate(item.images)],
+            age=present.age_text(item.created_at),
+            taken_by_other=taken_by_other,
+        )
+
+    @app.get("/case/<int:item_id>/image/<uid>.png")
+    @login_required
+    def case_image(item_id: int, uid: str) -> Any:
+        path = _source_path(ctx, _item_or_404(ctx, item_id), uid)
+        return _png(ctx.images.get_or_make(uid, functools.partial(imaging.image_png, path)))
+
+    @app.get("/case/<int:item_id>/heatmap/<uid>.png")
+    @login_required
+    def case_heatmap(item_id: int, uid: str) -> Any:
+        path = _source_path(ctx, _item_or_404(ctx, item_id), uid)
+        prediction = ctx.store.get_prediction(uid)
+        if ctx.engine is None or prediction is None or prediction.model_sha256 != ctx.engine_sha:
+            abort(404)
+        return _png(ctx.heatmaps.get_or_make(uid, functools.partial(imaging.heatmap_png, path, ctx.engine)))
+
+    @app.post("/case/<int:item_id>/decide")
+    @login_required
+    def decide(item_id: int) -> Any:
+        item = _item_or_404(ctx, item_id)
+        uid = request.form.get("image", "")
+        decision, _, final_class = request.form.get("choice", "").partition(":")
+        try:
+            ctx.review.decide(
+                item.id,
+                decision,
+                g.user.username,
+                images=[uid],
+                final_class=final_class or None,
+                comment=request.form.get("comment"),
+            )
+        except ReviewError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("case", item_id=item.id, image=uid))
+        item = _item_or_404(ctx, item_id)
+        remaining = [u for u in item.images if u not in item.decided]
+        if remaining:
+            flash("Decision recorded. Next image of this case.", "ok")
+            return redirect(url_for("case", item_id=item.id, image=remaining[0]))
+        upcoming = _next_item(ctx, item.id, g.user.username)
+        if upcoming is not None:
+            flash("Case complete: the verified report is on its way to the PACS. Next case.", "ok")
+            return redirect(url_for("case", item_id=upcoming.id))
+        flash("Case complete: the verified report is on its way to the PACS. The worklist is empty.", "ok")
+        return redirect(url_for("worklist"))
+
+
+def _register_admin(app: Flask, ctx: WebContext) -> None:
+    @app.get("/admin")
+    @admin_required
+    def admin() -> Any:
+        agreement = ctx.store.agreement()
+        labels = ctx.review.labels
+        columns = [*labels.classes, "non_diagnostic"]
+        rows = [c for c in [*labels.classes, "none"] if c in agreement["pairs"]]
+        counts = ctx.store.worklist_counts()
+        ctx.store.audit(g.user.username, "web:admin", None)
+        return render_template(
+            "admin.html",
+            agreement=agreement,
+            columns=columns,
+            rows=rows,
+            labels=labels,
+            counts=counts,
+            referral=ctx.store.referral_stats(),
+            users=ctx.store.users(),
+        )

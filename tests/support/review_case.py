@@ -1,0 +1,66 @@
+"""Referred cases made in-process by the real worker (real bundle, real report builders, real store)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from cds_daemon.config import Destination, Settings, StorageSettings, WebSettings
+from cds_daemon.engine import Engine
+from cds_daemon.spool import Spool
+from cds_daemon.store import NewInstance, Store, WorklistItem
+from cds_daemon.worker import Worker
+from dicom_fixtures.synth import make_bad_field, make_field
+from dicom_fixtures.wrap import wrap_image
+
+
+def review_settings(data_dir: Path, bundle: Path) -> Settings:
+    return Settings(
+        storage=StorageSettings(data_dir=data_dir, min_free_mb=1, max_used_percent=100),
+        model_bundle=bundle,
+        destinations=[Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)],
+        web=WebSettings(port=0, max_failed_logins=3),
+    )
+
+
+def receive_and_process(store: Store, settings: Settings, engine: Engine, pixels_list: list, seed: int) -> list[str]:
+    """Wrap each image as one study (same seed = same patient and accession), store and run the worker."""
+    spool = Spool(settings.storage.spool_dir)
+    worker = Worker(settings, store, engine)
+    uids = []
+    for n, pixels in enumerate(pixels_list, start=1):
+        ds = wrap_image(pixels, "vl-microscopic", "explicit", seed=seed, instance_number=n)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        uid = str(ds.SOPInstanceUID)
+        spooled = spool.write(uid, buf.getvalue())
+        store.record_received(
+            NewInstance(
+                sop_instance_uid=uid,
+                sop_class_uid=str(ds.SOPClassUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                accession_number=str(ds.AccessionNumber),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                calling_ae="STORESCU",
+                peer_address="127.0.0.1",
+                spool_path=str(spooled.path),
+                size_bytes=spooled.size,
+                sha256=spooled.sha256,
+            ),
+            actor="test",
+        )
+        instance = store.claim_next(actor="test")
+        assert instance is not None
+        worker.handle(instance)
+        uids.append(uid)
+    return uids
+
+
+def referred_case(store: Store, settings: Settings, engine: Engine, seed: int = 7) -> WorklistItem:
+    """A case with a cytology field and an empty (blank) field; the quality gate always refers the blank one."""
+    pixels = [make_field("indeterminate", seed=seed), make_bad_field("blank", seed)]
+    uids = receive_and_process(store, settings, engine, pixels, seed)
+    items = [i for i in store.worklist() if uids[1] in i.images]
+    assert len(items) == 1, "the blank field must be referred"
+    return items[0]
