@@ -34,22 +34,21 @@ def _drop_phi(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, An
 
 
 def configure_logging(level: str = "info") -> None:
-    """JSON lines on stdout for our events and for the libraries' stdlib logging."""
+    """JSON lines on stdout, our events and the libraries' stdlib logging alike.
+
+    Everything goes through one stdlib handler, so lines written by different threads
+    never interleave (two writers with two locks would).
+    """
     numeric = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _drop_phi,
     ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)
@@ -57,6 +56,7 @@ def configure_logging(level: str = "info") -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _drop_phi,
                 structlog.processors.format_exc_info,
                 structlog.processors.JSONRenderer(),
             ],
@@ -66,8 +66,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # pynetdicom's INFO lines are per-PDU chatter; our own events cover what operators need.
-    logging.getLogger("pynetdicom").setLevel(max(numeric, logging.WARNING))
+    # pynetdicom's INFO lines are per-PDU chatter and apscheduler's a line per job run (every
+    # second for egress); our own events cover what operators need.
+    for chatty in ("pynetdicom", "apscheduler"):
+        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

@@ -107,6 +107,7 @@ def test_resend_creates_no_duplicate(
     assert storescu(daemon.port, *files).returncode == 0
     uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
     _wait(lambda: all(_outputs(orthanc, u, version)["sr"] for u in uids), 120, "first results")
+    _wait(lambda: json.loads(daemon.cli("status", "--json").stdout)["instances"]["delivered"] == 2, 60, "delivery")
     before = len(orthanc.instances())
     assert storescu(daemon.port, *files).returncode == 0
     time.sleep(3)

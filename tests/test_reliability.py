@@ -53,10 +53,10 @@ def _status(d: DaemonProcess) -> dict:
     return json.loads(d.cli("status", "--json").stdout)
 
 
-def _send_acked(port: int, files: list[Path]) -> list[Path]:
+def _send_acked(port: int, files: list[Path], extra: tuple[str, ...] = ()) -> list[Path]:
     """storescu -v over one association; the files that got a Success response."""
     r = subprocess.run(
-        ["storescu", "-v", "-aet", SENDER_AE, "-aec", DAEMON_AE, "127.0.0.1", str(port), *map(str, files)],
+        ["storescu", "-v", *extra, "-aet", SENDER_AE, "-aec", DAEMON_AE, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -225,10 +225,10 @@ def test_two_senders_while_worker_is_saturated(
     b = write_images(tmp_path / "b", 40, iod="sc", ts="jpeg-baseline", seed=9800)
     results: dict[str, list[Path]] = {}
 
-    def send(name: str, files: list[Path]) -> None:
-        results[name] = _send_acked(daemon.port, files)
+    def send(name: str, files: list[Path], extra: tuple[str, ...]) -> None:
+        results[name] = _send_acked(daemon.port, files, extra)
 
-    threads = [threading.Thread(target=send, args=(n, f)) for n, f in (("a", a), ("b", b))]
+    threads = [threading.Thread(target=send, args=(n, f, x)) for n, f, x in (("a", a, ()), ("b", b, ("-xy",)))]
     for t in threads:
         t.start()
     for t in threads:
