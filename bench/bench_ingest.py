@@ -24,7 +24,7 @@ from tests.support.processes import DaemonProcess, free_port, storescu, wait_for
 
 def _rate(port: int, files: list[Path], called: str) -> float:
     started = time.perf_counter()
-    r = storescu(port, *files, called=called, timeout=600)
+    r = storescu(port, *files, called=called)
     elapsed = time.perf_counter() - started
     if r.returncode != 0:
         raise RuntimeError(f"storescu failed: {r.stderr[-500:]}")
