@@ -53,7 +53,9 @@ def crop_resize(image: Image.Image, box: Box | None, size: int = INPUT_SIZE) -> 
     return np.asarray(out, dtype=np.uint8)
 
 
-def normalize(views: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def normalize(
+    views: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalised, C-contiguous."""
     if views.ndim != 4 or views.shape[3] != 3:
         raise ValueError(f"expected (N, S, S, 3) views, got {views.shape}")

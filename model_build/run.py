@@ -1,0 +1,270 @@
+"""``train``: dataset -> splits -> Basic -> frozen features -> Premium -> calibration -> test metrics.
+
+Writes a run directory that ``export`` turns into a bundle:
+  config.json, dataset.json (source, labels SHA-256, per-split counts and files), history.json,
+  backbone.pt, aggregator.pt, calibration.json, ood_stats.npz, metrics.json, test_predictions.csv,
+  run.json (timings, versions, git commit) and report/ (unless another report directory is given).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from tqdm import tqdm
+
+from model_build import metrics
+from model_build.config import TrainConfig
+from model_build.curriculum import CurriculumSampler
+from model_build.dataset import Dataset, load_dataset
+from model_build.decision import Calibration, apply, fit_calibration, referrals
+from model_build.features import extract
+from model_build.models import BackboneOutputs, count_parameters, create_backbone
+from model_build.ood import fit_mahalanobis
+from model_build.report import write_report
+from model_build.splits import SPLITS, split_groups
+from model_build.train_basic import history_json, train_backbone, whole_views
+from model_build.train_premium import aggregator_logits, train_aggregator
+from model_build.training_views import TrainViews
+
+Log = Callable[[str], None]
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this package, or None (no git, no commit yet)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def dataset_summary(ds: Dataset, splits: dict[str, list[int]]) -> dict[str, Any]:
+    return {
+        "source": ds.source,
+        "labels_sha256": ds.labels_sha256,
+        "n_images": len(ds.samples),
+        "n_groups": len({s.group for s in ds.samples}),
+        "counts": {name: ds.counts(idx) for name, idx in splits.items()},
+    }
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf floats become None (e.g. selection scores when that split is empty)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def summary_metrics(result: dict[str, Any], ece_before: float) -> dict[str, Any]:
+    """The headline test-split numbers stored in the bundle manifest."""
+    ens = result["models"]["ensemble"]
+    return {
+        "split": "test",
+        "n": ens["n"],
+        "macro_f1": ens["macro_f1"],
+        "accuracy": ens["accuracy"],
+        "macro_auc": ens["macro_auc"],
+        "ece_before": ece_before,
+        "ece_after": ens["ece"],
+        "indeterminate_recall": ens["indeterminate_recall"],
+        "referral_rate": ens["referral"]["rate"],
+        "conformal_coverage": ens["conformal"]["coverage"],
+        "basic_macro_f1": result["models"]["basic"]["macro_f1"],
+        "premium_macro_f1": result["models"]["premium"]["macro_f1"],
+    }
+
+
+def train_run(
+    data: Path, run_dir: Path, cfg: TrainConfig, *, report_dir: Path | None = None, log: Log = tqdm.write
+) -> dict[str, Any]:
+    """Train, calibrate and evaluate; returns the summary metrics (also in metrics.json)."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(Path(data))
+    names = ds.class_names
+    splits = split_groups(ds, cfg.split_fractions, cfg.seed)
+    for name in ("train", "calibration", "test"):
+        if not splits[name]:
+            raise ValueError(f"split {name!r} is empty: {len(ds.samples)} images are too few")
+    summary = dataset_summary(ds, splits)
+    log(
+        f"dataset {ds.source}: {summary['n_images']} images, {summary['n_groups']} cases; "
+        + ", ".join(f"{k} {sum(v.values())}" for k, v in summary["counts"].items())
+    )
+    paths = {k: [ds.samples[i].path for i in idx] for k, idx in splits.items()}
+    labels = {k: np.array([ds.samples[i].label for i in idx], dtype=np.int64) for k, idx in splits.items()}
+
+    backbone = create_backbone(cfg.dropout, Path(cfg.init_checkpoint) if cfg.init_checkpoint else None)
+    views = TrainViews(paths["train"], labels["train"].tolist(), seed=cfg.seed, cache_images=cfg.cache_images)
+    sampler = CurriculumSampler(views.items, cfg.per_stage, seed=cfg.seed, curriculum=cfg.curriculum)
+    log(
+        f"basic: {count_parameters(backbone) / 1e6:.2f} M parameters, {len(sampler)} training views/epoch "
+        f"({'curriculum E->D->C->B->A' if cfg.curriculum else 'shuffled, no curriculum'})"
+    )
+    t0 = time.perf_counter()
+    sel_x = whole_views(paths["selection"])
+    basic_history = train_backbone(
+        backbone, views, sampler, sel_x, torch.from_numpy(labels["selection"]), cfg, log=log
+    )
+    t_basic = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    outputs = BackboneOutputs(backbone).eval()
+    feats = {k: extract(outputs, paths[k], desc=f"features {k}") for k in SPLITS}
+    t_features = time.perf_counter() - t0
+    log(f"features: {sum(len(p) for p in paths.values())} images x 13 views in {t_features:.0f} s")
+
+    t0 = time.perf_counter()
+    aggregator, premium_history = train_aggregator(
+        feats["train"].pooled, labels["train"], feats["selection"].pooled, labels["selection"], cfg, log=log
+    )
+    t_premium = time.perf_counter() - t0
+    premium = {k: aggregator_logits(aggregator, feats[k].pooled) for k in SPLITS}
+    basic = {k: feats[k].logits[:, 0] for k in SPLITS}
+    pooled0 = {k: feats[k].pooled[:, 0] for k in SPLITS}
+
+    ood = fit_mahalanobis(pooled0["train"], labels["train"], len(names))
+    cal = fit_calibration(
+        basic["calibration"],
+        premium["calibration"],
+        pooled0["calibration"],
+        labels["calibration"],
+        ood,
+        alpha=cfg.alpha,
+        confidence_threshold=cfg.confidence_threshold,
+        ood_percentile=cfg.ood_percentile,
+    )
+    log(
+        f"calibration: T basic {cal.temperature_basic:.3f}, premium {cal.temperature_premium:.3f}, "
+        f"ensemble {cal.temperature_ensemble:.3f}; conformal q {np.round(cal.quantiles, 4).tolist()}"
+    )
+
+    test = apply(cal, basic["test"], premium["test"], pooled0["test"], ood)
+    referred, reasons = referrals(test, cal, names)
+    y = labels["test"]
+    result = {
+        "title": "ThyroidEffi test split",
+        "models": {
+            "ensemble": metrics.evaluate(
+                test.probs,
+                y,
+                class_names=names,
+                referral=referred,
+                sets=test.sets,
+                other_pred=test.basic_probs.argmax(1),
+                n_boot=cfg.n_boot,
+                seed=cfg.seed,
+            ),
+            "basic": metrics.evaluate(test.basic_probs, y, class_names=names, n_boot=0),
+            "premium": metrics.evaluate(test.premium_probs, y, class_names=names, n_boot=0),
+        },
+        "calibration": cal.to_json(),
+    }
+    ece_before = metrics.ece(test.ensemble_raw_probs, y)
+    result["summary"] = summary_metrics(result, ece_before)
+    report_dir = Path(report_dir) if report_dir is not None else run_dir / "report"
+    write_report(
+        result,
+        report_dir,
+        test.probs,
+        y,
+        list(names),
+        "ThyroidEffi ensemble (test split)",
+        probs_before=test.ensemble_raw_probs,
+    )
+
+    torch.save(backbone.state_dict(), run_dir / "backbone.pt")
+    torch.save(
+        {"config": aggregator.config, "state_dict": aggregator.state_dict()}, run_dir / "aggregator.pt"
+    )
+    np.savez(run_dir / "ood_stats.npz", class_means=ood.class_means, precision=ood.precision)
+    _write_json(run_dir / "config.json", cfg.to_json())
+    _write_json(run_dir / "calibration.json", cal.to_json())
+    _write_json(
+        run_dir / "dataset.json", {**summary, "files": {k: [str(p) for p in v] for k, v in paths.items()}}
+    )
+    _write_json(run_dir / "history.json", {"basic": history_json(basic_history), "premium": premium_history})
+    _write_json(run_dir / "metrics.json", result)
+    _write_predictions(run_dir / "test_predictions.csv", paths["test"], y, test, referred, reasons, names)
+    elapsed = time.perf_counter() - t_start
+    _write_json(
+        run_dir / "run.json",
+        {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "training_time_s": round(elapsed, 1),
+            "stage_seconds": {
+                "basic": round(t_basic, 1),
+                "features": round(t_features, 1),
+                "premium": round(t_premium, 1),
+            },
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
+    )
+    s = result["summary"]
+    log(
+        f"test: macro-F1 {s['macro_f1']:.4f}, ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}, "
+        f"Indeterminate recall {s['indeterminate_recall']}, referral rate {s['referral_rate']:.3f} "
+        f"(train run {elapsed:.0f} s)"
+    )
+    return s
+
+
+def _write_predictions(
+    path: Path,
+    files: list[Path],
+    labels: np.ndarray,
+    out: Any,
+    referred: np.ndarray,
+    reasons: list[tuple[str, ...]],
+    names: tuple[str, ...],
+) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", *(f"p_{n}" for n in names), "conformal_set", "referred", "reasons"])
+        for i, p in enumerate(files):
+            row_set = "|".join(n for n, keep in zip(names, out.sets[i], strict=True) if keep)
+            w.writerow(
+                [
+                    str(p),
+                    names[labels[i]],
+                    *(f"{v:.6f}" for v in out.probs[i]),
+                    row_set,
+                    int(referred[i]),
+                    "|".join(reasons[i]),
+                ]
+            )
+
+
+def load_calibration(run_dir: Path) -> Calibration:
+    return Calibration(**json.loads((Path(run_dir) / "calibration.json").read_text(encoding="utf-8")))

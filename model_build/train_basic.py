@@ -1,0 +1,157 @@
+"""Training loop of the Basic model (EfficientNet-B0 on single views) with early stopping.
+
+Weighted cross-entropy (inverse class frequency of the training images) with label smoothing 0.1 (as
+in the usual EfficientNet recipe; it also keeps logits in a range where float32 inference is exact to
+1e-4), Adam with L2 weight decay, classifier dropout. After each epoch the whole-field view of the
+model-selection split is scored and the weights with the best macro-F1 (lower NLL breaks ties) are
+kept; training stops after ``patience`` epochs without improvement, or when the optional time budget
+is spent (the current epoch then skips to its whole-field items, so training still ends on whole
+fields). The calibration split is never touched here.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cds_daemon.views import INPUT_SIZE, crop_resize, normalize
+from model_build.config import TrainConfig
+from model_build.curriculum import CurriculumSampler
+from model_build.dataset import read_rgb
+from model_build.metrics import confusion_matrix, macro_f1
+from model_build.training_views import TrainViews
+
+StepHook = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    steps: int
+    train_loss: float
+    selection_macro_f1: float
+    selection_nll: float
+    seconds: float
+
+
+def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    """n / (K * n_k) per class (0 for a class absent from training)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    w = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def whole_views(paths: list[Path], input_size: int = INPUT_SIZE) -> torch.Tensor:
+    """View 0 (the whole field, as the daemon builds it) of each image: (N, 3, S, S)."""
+    if not paths:
+        return torch.empty(0, 3, input_size, input_size)
+    pix = np.stack([crop_resize(Image.fromarray(read_rgb(p)), None, input_size) for p in paths])
+    return torch.from_numpy(normalize(pix))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    model.eval()
+    out = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
+
+
+def _selection_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if x.shape[0] == 0:
+        return float("nan"), float("nan")
+    logits = torch.from_numpy(predict_logits(model, x))
+    nll = float(nn.functional.cross_entropy(logits, y))
+    cm = confusion_matrix(y.numpy(), logits.argmax(1).numpy(), logits.shape[1])
+    return macro_f1(cm), nll
+
+
+def train_backbone(
+    model: nn.Module,
+    views: TrainViews,
+    sampler: CurriculumSampler,
+    selection_x: torch.Tensor,
+    selection_y: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    on_step: StepHook | None = None,
+    log: Callable[[str], None] = tqdm.write,
+) -> list[EpochLog]:
+    """Train in place; ``on_step(labels, stage_indices)`` sees each batch just before its optimiser step.
+
+    Leaves ``model`` holding the best selection-split weights (the last ones if there is no selection data).
+    """
+    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=0)
+    n_classes = int(model.get_classifier().out_features)
+    criterion = nn.CrossEntropyLoss(
+        weight=class_weights(views.labels, n_classes), label_smoothing=cfg.label_smoothing
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[EpochLog] = []
+    best: tuple[float, float] | None = None
+    best_state = copy.deepcopy(model.state_dict())
+    stale, steps = 0, 0
+    t_start = time.perf_counter()
+    out_of_time = False
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        views.set_epoch(epoch)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"basic epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for x, y, stage in bar:
+            loss = criterion(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if on_step is not None:
+                on_step(y, stage)
+            opt.step()
+            steps += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+            budget = cfg.time_budget_s
+            if not out_of_time and budget is not None and time.perf_counter() - t_start > budget:
+                out_of_time = True
+                sampler.request_finish()
+                log(f"basic: {cfg.time_budget_s:.0f} s budget spent; finishing this epoch on whole fields only")
+        f1, nll = _selection_scores(model, selection_x, selection_y)
+        entry = EpochLog(
+            epoch + 1,
+            steps,
+            float(np.mean(losses)) if losses else float("nan"),
+            f1,
+            nll,
+            time.perf_counter() - t0,
+        )
+        history.append(entry)
+        log(
+            f"basic epoch {entry.epoch}: loss {entry.train_loss:.4f}  selection macro-F1 {f1:.4f}  "
+            f"NLL {nll:.4f}  ({entry.seconds:.0f} s, {steps} steps)"
+        )
+        score = (f1, -nll)
+        if np.isnan(f1) or best is None or score > best:
+            best, stale = score, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if out_of_time or stale >= cfg.patience or (cfg.max_steps is not None and steps >= cfg.max_steps):
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def history_json(history: list[EpochLog]) -> list[dict[str, float]]:
+    return [asdict(h) for h in history]
