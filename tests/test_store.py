@@ -149,3 +149,15 @@ def test_escalation(tmp_path: Path) -> None:
     assert store.escalate_overdue("0000", actor="scheduler") == []
     assert store.escalate_overdue("9999", actor="scheduler") == [store.worklist()[0].id]
     assert store.worklist_counts()["escalated"] == 1
+
+
+def test_retention_candidates_are_delivered_and_old(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    _referred(store, "3.1", None, 5)  # reported, not delivered
+    assert store.purgeable("9999") == []
+    store.set_state("3.1", "delivered", actor="egress")
+    assert store.purgeable("0000") == []  # not old enough
+    assert store.purgeable("9999") == [("3.1", ["/3.1"])]
+    store.mark_purged("3.1", actor="retention")
+    assert store.purgeable("9999") == []
+    assert store.get_instance("3.1").purged_at is not None  # type: ignore[union-attr]
