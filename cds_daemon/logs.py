@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -33,7 +33,7 @@ def _drop_phi(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, An
     return event
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """JSON lines on stdout, our events and the libraries' stdlib logging alike.
 
     Everything goes through one stdlib handler, so lines written by different threads
@@ -51,7 +51,7 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
@@ -66,9 +66,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # pynetdicom's INFO lines are per-PDU chatter and apscheduler's a line per job run (every
-    # second for egress); our own events cover what operators need.
-    for chatty in ("pynetdicom", "apscheduler"):
+    # pynetdicom's INFO lines are per-PDU chatter, apscheduler's a line per job run (every
+    # second for egress), highdicom's a line per copied module; our own events cover what
+    # operators need.
+    for chatty in ("pynetdicom", "apscheduler", "highdicom"):
         logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
 
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
 from dataclasses import asdict
 from typing import Any
-
-import structlog
 
 from cds_daemon.config import Settings
 from cds_daemon.logs import configure_logging
@@ -128,11 +125,7 @@ def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def _log_to_stderr(settings: Settings) -> None:
     """JSON log lines on stderr, so that standard output stays the command's result (e.g. --json)."""
-    configure_logging(settings.log_level)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
+    configure_logging(settings.log_level, stream=sys.stderr)
 
 
 def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
