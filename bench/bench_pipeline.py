@@ -108,7 +108,7 @@ def main() -> None:
         root = Path(tmp)
         files = _inputs(root, max(args.n, args.latency_n))
         throughput(args.bundle, files[: args.n], root, args.threads)
-        latency(args.bundle, files[: args.latency_n], root)
+        latency(args.bundle.resolve(), files[: args.latency_n], root)
 
 
 if __name__ == "__main__":
