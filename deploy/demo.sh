@@ -19,7 +19,8 @@ if [ ! -f "$BUNDLE/manifest.json" ]; then
   mv "$BUNDLE.tmp" "$BUNDLE"
 fi
 export CDS_MODEL_BUNDLE=$BUNDLE
-mkdir -p var/demo/orthanc var/demo/samples
+rm -rf var/demo/samples
+mkdir -p var/demo/orthanc var/demo/samples/explicit var/demo/samples/jpeg
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -45,10 +46,11 @@ wait_port 4242; wait_port 11112
 
 .venv/bin/cds-daemon check
 echo "demo: writing sample images (VL Microscopic; explicit LE and JPEG baseline)"
-$PY -m dicom_fixtures make-dicom var/demo/samples --n 3 --iod vl-microscopic --ts explicit --seed 1 --label benign
-$PY -m dicom_fixtures make-dicom var/demo/samples --n 3 --iod vl-microscopic --ts jpeg-baseline --seed 2 --label malignant
-echo "demo: sending with storescu"
-storescu -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/*.dcm
+$PY -m dicom_fixtures make-dicom var/demo/samples/explicit --n 3 --iod vl-microscopic --ts explicit --seed 1 --label benign
+$PY -m dicom_fixtures make-dicom var/demo/samples/jpeg --n 3 --iod vl-microscopic --ts jpeg-baseline --seed 2 --label malignant
+echo "demo: sending with storescu (-xy proposes JPEG baseline for the compressed ones)"
+storescu -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/explicit/*.dcm
+storescu -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/jpeg/*.dcm
 echo "demo: received by the daemon (JSON log lines):"
 grep '"instance_received"' var/demo/daemon.log | tail -n 6
 echo "demo: waiting for the results to reach the PACS"
@@ -57,20 +59,9 @@ for _ in $(seq 1 240); do
   [ "$pending" -eq 0 ] && break
   sleep 0.5
 done
-grep '"instance_reported"' var/demo/daemon.log | $PY -c '
-import json, sys
-for line in sys.stdin:
-    e = json.loads(line)
-    flag = "REFERRED: " + ", ".join(e["reasons"]) if e["referred"] else "not referred"
-    print(f"  {e[\"sop_instance_uid\"][-24:]}  {e[\"predicted\"]:<13} confidence {e[\"confidence\"]:.2f}  {flag}")'
+$PY deploy/demo_summary.py var/demo/daemon.log http://127.0.0.1:8042
 .venv/bin/cds-daemon status
-echo "demo: the PACS now holds (Orthanc, http://127.0.0.1:8042):"
-curl -s http://127.0.0.1:8042/series?expand | $PY -c '
-import json, sys
-for s in json.load(sys.stdin):
-    t = s["MainDicomTags"]
-    print(f"  {t.get(\"Modality\", \"\"):<3} {len(s[\"Instances\"])} instance(s)  {t.get(\"SeriesDescription\", \"\")}")'
-sr=$(ls -t var/data/results/*/*.dcm 2>/dev/null | head -n 50 | while read -r f; do dcmdump -q +P 0008,0060 "$f" | grep -q "\[SR\]" && echo "$f" && break; done)
+sr=$(grep -l -a "AI cytology result" var/data/results/*/*.dcm 2>/dev/null | head -n 1 || true)
 if [ -n "$sr" ]; then echo "demo: one AI structured report (dsrdump):"; dsrdump -q "$sr" | head -n 60; fi
 
 if [ "$ONCE" -eq 1 ]; then exit 0; fi
