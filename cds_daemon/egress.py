@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 
 from cds_daemon.config import Destination, EgressSettings
 from cds_daemon.logs import get_logger
+from cds_daemon.peers import associate
 from cds_daemon.store import OutboxItem, Store
-from cds_daemon.tls import client_context
 
 log = get_logger("egress")
 
@@ -53,28 +52,15 @@ def send_batch(
             outcomes.append(SendOutcome(item.id, False, f"cannot read {item.path}: {exc}"))
     if not datasets:
         return outcomes
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    proposed: set[tuple[str, str]] = set()
+    contexts: list[tuple[str, str | None]] = []
     for ds in datasets.values():
         for ts in (str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            key = (str(ds.SOPClassUID), ts)
-            if key not in proposed and len(proposed) < 120:
-                proposed.add(key)
-                ae.add_requested_context(key[0], key[1])
-    tls = client_context(destination.tls)
-    try:
-        assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            tls_args=(tls, None) if tls else None,
-        )
-    except OSError as exc:
-        return outcomes + [SendOutcome(i, False, f"cannot connect: {exc}") for i in datasets]
-    if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "no association (peer down or timed out)"
-        return outcomes + [SendOutcome(i, False, why) for i in datasets]
+            key = (str(ds.SOPClassUID), str(ts))
+            if key not in contexts and len(contexts) < 120:
+                contexts.append(key)
+    assoc = associate(destination, calling_ae, timeout_s, contexts)
+    if isinstance(assoc, str):
+        return outcomes + [SendOutcome(i, False, assoc) for i in datasets]
     try:
         for item_id, ds in datasets.items():
             outcomes.append(_send_one(assoc, item_id, ds))

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from cds_daemon.config import Destination
@@ -20,26 +21,39 @@ class EchoResult:
     ms: float
 
 
-def echo(destination: Destination, calling_ae: str, timeout_s: float = 10.0) -> EchoResult:
-    """Open an association, send C-ECHO, release. Never raises for network problems."""
+def associate(
+    destination: Destination, calling_ae: str, timeout_s: float, contexts: list[tuple[str, str | None]]
+) -> Association | str:
+    """An established association to ``destination`` (TLS as configured), or why there is none.
+
+    ``contexts`` are (abstract syntax, transfer syntax or None for pynetdicom's defaults), one
+    presentation context each. Never raises for network problems.
+    """
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.connection_timeout = timeout_s
-    ae.add_requested_context(Verification)
-    started = time.perf_counter()
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    for abstract, transfer in contexts:
+        if transfer is None:
+            ae.add_requested_context(abstract)
+        else:
+            ae.add_requested_context(abstract, transfer)
     tls = client_context(destination.tls)
     try:
         assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            tls_args=(tls, None) if tls else None,
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=(tls, None) if tls else None
         )
     except OSError as exc:
-        return EchoResult(destination.name, False, f"cannot connect: {exc}", _ms(started))
+        return f"cannot connect: {exc}"
     if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "no association (refused or timed out)"
-        return EchoResult(destination.name, False, why, _ms(started))
+        return "association rejected" if assoc.is_rejected else "no association (peer down or timed out)"
+    return assoc
+
+
+def echo(destination: Destination, calling_ae: str, timeout_s: float = 10.0) -> EchoResult:
+    """Open an association, send C-ECHO, release. Never raises for network problems."""
+    started = time.perf_counter()
+    assoc = associate(destination, calling_ae, timeout_s, [(Verification, None)])
+    if isinstance(assoc, str):
+        return EchoResult(destination.name, False, assoc, _ms(started))
     try:
         status = assoc.send_c_echo()
     finally:
