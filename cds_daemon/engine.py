@@ -253,7 +253,8 @@ class Engine:
         agg = self.run_aggregator(pooled)
         if agg.shape != (k,) or not np.isfinite(agg).all():
             raise BundleError(
-                f"{self.bundle.paths['aggregator']}: self-check output {agg.shape} is not finite (1, {k})"
+                f"{self.bundle.paths['aggregator']}: self-check output has shape {agg.shape} (expected ({k},)) "
+                "or non-finite values"
             )
 
     def predict(self, rgb: np.ndarray) -> Prediction:

@@ -120,8 +120,7 @@ def build_manifest(
             },
         },
         "cam": {
-            "definition": "CAM_c = sum_k W[c,k] * feature_map[k] (cam_weights.npz W, b); "
-            "mean(CAM_c) + b_c = logit_c",
+            "definition": "CAM_c = sum_k W[c,k] * feature_map[k] (cam_weights.npz W, b); mean(CAM_c) + b_c = logit_c",
             "grad_cam": "Grad-CAM weights are W[c] / (h*w) under global average pooling, "
             "so Grad-CAM without ReLU = CAM / 49",
             "normalisation": "tile CAMs stitched into a (rows*h, cols*w) grid, one global min-max to [0, 1]; "

@@ -17,9 +17,7 @@ def _per_stage(text: str) -> dict[str, int]:
     """'E,D,C,B,A' counts, e.g. '12,12,8,1,1' (the full 34 views per image)."""
     parts = text.split(",")
     if len(parts) != len(STAGES) or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(
-            f"expected {len(STAGES)} comma-separated counts for {', '.join(STAGES)}"
-        )
+        raise argparse.ArgumentTypeError(f"expected {len(STAGES)} comma-separated counts for {', '.join(STAGES)}")
     return {stage: int(p) for stage, p in zip(STAGES, parts, strict=True)}
 
 
@@ -65,9 +63,7 @@ def _export(args: argparse.Namespace) -> int:
     from model_build.export import ExportError, export_bundle
 
     try:
-        out = export_bundle(
-            args.run_dir, args.out, name=args.name, version=args.version, threads=args.threads
-        )
+        out = export_bundle(args.run_dir, args.out, name=args.name, version=args.version, threads=args.threads)
     except (FileNotFoundError, FileExistsError, BundleError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,9 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--epochs", type=int, default=30, help="maximum Basic epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument(
-        "--patience", type=int, default=5, help="early-stopping patience in epochs (default: %(default)s)"
-    )
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument(
         "--per-stage",
         type=_per_stage,
@@ -108,9 +102,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="E,D,C,B,A",
         help="training views per image and epoch for sets E,D,C,B,A (default: all, 12,12,8,1,1)",
     )
-    p.add_argument(
-        "--no-curriculum", action="store_true", help="shuffle all views (ablation of E->D->C->B->A)"
-    )
+    p.add_argument("--no-curriculum", action="store_true", help="shuffle all views (ablation of E->D->C->B->A)")
     p.add_argument(
         "--init-checkpoint",
         type=Path,
@@ -128,9 +120,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--alpha", type=_unit, default=0.1, help="conformal miscoverage (default: %(default)s)")
     p.add_argument("--confidence-threshold", type=_unit, default=0.6, help="default: %(default)s")
-    p.add_argument(
-        "--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default: %(default)s)"
-    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default: %(default)s)")
     p.add_argument("--report-dir", type=Path, default=None, help="default: RUN_DIR/report")
     p.add_argument("--seed", type=int, default=42, help="split and training seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
@@ -144,15 +134,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser(
-        "demo-bundle", help="synthetic dataset -> train -> report -> verified bundle (< 15 min)"
-    )
+    p = sub.add_parser("demo-bundle", help="synthetic dataset -> train -> report -> verified bundle (< 15 min)")
     p.add_argument("out", type=Path, metavar="OUT", help="writes OUT/data, OUT/run, OUT/report, OUT/bundle")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument(
-        "--n-per-class", type=int, default=200, help="synthetic fields per class (default: %(default)s)"
-    )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="maximum Basic epochs (default: 6, time-budgeted)"
-    )
+    p.add_argument("--n-per-class", type=int, default=200, help="synthetic fields per class (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum Basic epochs (default: 6, time-budgeted)")
     p.set_defaults(handler=_demo)

@@ -62,9 +62,7 @@ class CurriculumSampler(Sampler[int]):
         self._finishing = False
 
     def _draw(self) -> list[int]:
-        return epoch_order(
-            self.items, self.per_stage, epoch=self.epoch, seed=self.seed, curriculum=self.curriculum
-        )
+        return epoch_order(self.items, self.per_stage, epoch=self.epoch, seed=self.seed, curriculum=self.curriculum)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -92,9 +92,7 @@ def _from_folders(root: Path, class_names: tuple[str, ...]) -> Dataset:
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 samples.append(Sample(p, k, f"{name}/{p.stem}"))
-    listing = "".join(
-        f"{s.path.relative_to(root).as_posix()},{class_names[s.label]},{s.case_id}\n" for s in samples
-    )
+    listing = "".join(f"{s.path.relative_to(root).as_posix()},{class_names[s.label]},{s.case_id}\n" for s in samples)
     return Dataset(tuple(samples), str(root), hashlib.sha256(listing.encode()).hexdigest(), class_names)
 
 

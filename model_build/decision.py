@@ -113,9 +113,7 @@ def apply(
     )
 
 
-def referrals(
-    out: Outputs, cal: Calibration, class_names: tuple[str, ...]
-) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+def referrals(out: Outputs, cal: Calibration, class_names: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """Per field: referred? and the model-side reasons, by the daemon's own rule (``referral_reasons``)."""
     reasons = []
     for i in range(out.probs.shape[0]):

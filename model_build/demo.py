@@ -33,7 +33,7 @@ def demo_config(seed: int = 0) -> TrainConfig:
         epochs=6,
         patience=3,
         per_stage=dict(DEMO_PER_STAGE),
-        time_budget_s=420.0,
+        time_budget_s=480.0,
         agg_epochs=80,
         agg_patience=15,
     )
@@ -126,8 +126,5 @@ def demo_bundle(
     bundle = export_bundle(out / "run", out / "bundle", threads=cfg.threads, log=log)
     elapsed = time.perf_counter() - t0
     log(f"[{elapsed:.0f} s] bundle verified: {bundle}")
-    log(
-        "test split: "
-        + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-    )
+    log("test split: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return bundle

@@ -135,9 +135,7 @@ def _check_against_run(engine: Engine, run_dir: Path, n: int = 3) -> int:
         want = np.array([float(r[f"p_{c}"]) for c in engine.classes])
         got = np.array([pred.probs[c] for c in engine.classes])
         if not np.abs(want - got).max() < PROBS_TOLERANCE:
-            raise ExportError(
-                f"bundle predicts {got.round(5)} for {r['path']}, the run computed {want.round(5)}"
-            )
+            raise ExportError(f"bundle predicts {got.round(5)} for {r['path']}, the run computed {want.round(5)}")
     return len(rows)
 
 

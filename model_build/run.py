@@ -132,9 +132,7 @@ def train_run(
     )
     t0 = time.perf_counter()
     sel_x = whole_views(paths["selection"])
-    basic_history = train_backbone(
-        backbone, views, sampler, sel_x, torch.from_numpy(labels["selection"]), cfg, log=log
-    )
+    basic_history = train_backbone(backbone, views, sampler, sel_x, torch.from_numpy(labels["selection"]), cfg, log=log)
     t_basic = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -203,15 +201,11 @@ def train_run(
     )
 
     torch.save(backbone.state_dict(), run_dir / "backbone.pt")
-    torch.save(
-        {"config": aggregator.config, "state_dict": aggregator.state_dict()}, run_dir / "aggregator.pt"
-    )
+    torch.save({"config": aggregator.config, "state_dict": aggregator.state_dict()}, run_dir / "aggregator.pt")
     np.savez(run_dir / "ood_stats.npz", class_means=ood.class_means, precision=ood.precision)
     _write_json(run_dir / "config.json", cfg.to_json())
     _write_json(run_dir / "calibration.json", cal.to_json())
-    _write_json(
-        run_dir / "dataset.json", {**summary, "files": {k: [str(p) for p in v] for k, v in paths.items()}}
-    )
+    _write_json(run_dir / "dataset.json", {**summary, "files": {k: [str(p) for p in v] for k, v in paths.items()}})
     _write_json(run_dir / "history.json", {"basic": history_json(basic_history), "premium": premium_history})
     _write_json(run_dir / "metrics.json", result)
     _write_predictions(run_dir / "test_predictions.csv", paths["test"], y, test, referred, reasons, names)

@@ -36,9 +36,7 @@ def split_groups(
 ) -> dict[str, list[int]]:
     """Sample indices per split name; stratified by class at the group level."""
     if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(
-            f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}"
-        )
+        raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}")
     members: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(dataset.samples):
         members[s.group].append(i)

@@ -92,9 +92,7 @@ def train_backbone(
     """
     loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=0)
     n_classes = int(model.get_classifier().out_features)
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(views.labels, n_classes), label_smoothing=cfg.label_smoothing
-    )
+    criterion = nn.CrossEntropyLoss(weight=class_weights(views.labels, n_classes), label_smoothing=cfg.label_smoothing)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[EpochLog] = []
     best: tuple[float, float] | None = None

@@ -73,10 +73,7 @@ class TrainViews(TorchDataset):
         self.paths, self.labels = list(paths), list(labels)
         self.input_size, self.seed, self.augment = input_size, seed, augment
         self.items = [
-            TrainItem(i, stage, r)
-            for i in range(len(paths))
-            for stage in STAGES
-            for r in range(regions_of(stage))
+            TrainItem(i, stage, r) for i in range(len(paths)) for stage in STAGES for r in range(regions_of(stage))
         ]
         self.epoch = 0
         self._cache: OrderedDict[int, tuple[Image.Image, list[Cluster]]] = OrderedDict()
