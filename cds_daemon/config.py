@@ -75,11 +75,11 @@ class AllowedCaller(_Section):
 
 
 class TLSSettings(_Section):
-    """DICOM TLS for the listener or an outgoing association."""
+    """DICOM TLS on the listener: we present ``cert_file``; mutual TLS verifies callers against ``ca_file``."""
 
     enabled: bool = False
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = Field(None, description="our certificate (PEM), chain after it")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
     ca_file: Path | None = Field(None, description="CA bundle used to verify the peer")
     require_peer_cert: bool = Field(True, description="mutual TLS: the peer must present a certificate")
 
@@ -91,6 +91,28 @@ class TLSSettings(_Section):
                 raise ValueError(f"TLS is enabled but {', '.join(missing)} is not set")
             if self.require_peer_cert and self.ca_file is None:
                 raise ValueError("require_peer_cert needs ca_file")
+        return self
+
+
+class DestinationTLSSettings(_Section):
+    """DICOM TLS towards a destination: its certificate is always verified against ``ca_file``.
+
+    ``cert_file`` and ``key_file`` are our client certificate, for a PACS that requires mutual TLS;
+    leave both empty when it does not.
+    """
+
+    enabled: bool = False
+    cert_file: Path | None = Field(None, description="our client certificate (PEM), for mutual TLS")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    ca_file: Path | None = Field(None, description="CA bundle that the destination's certificate must verify against")
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> DestinationTLSSettings:
+        if self.enabled:
+            if self.ca_file is None:
+                raise ValueError("TLS is enabled but ca_file (to verify the destination) is not set")
+            if (self.cert_file is None) != (self.key_file is None):
+                raise ValueError("set both cert_file and key_file (mutual TLS) or neither")
         return self
 
 
@@ -126,7 +148,7 @@ class Destination(_Section):
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    tls: TLSSettings = Field(default_factory=TLSSettings)
+    tls: DestinationTLSSettings = Field(default_factory=DestinationTLSSettings)
 
 
 class EgressSettings(_Section):

@@ -7,6 +7,10 @@ returns; it never decodes pixels or runs the model.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +32,7 @@ from cds_daemon.logs import get_logger
 from cds_daemon.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
 from cds_daemon.spool import DiskFullError, Spool
 from cds_daemon.store import NewInstance, Store
-from cds_daemon.tls import server_context
+from cds_daemon.tls import describe_tls_error, handshake, server_context
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -59,6 +63,10 @@ class Listener:
         self.store = store
         self.spool = spool
         self._server: ThreadedAssociationServer | None = None
+        # Connections still in their TLS handshake: cut at stop, which otherwise waits for them.
+        self._handshaking: set[socket.socket] = set()
+        self._handshake_lock = threading.Lock()
+        self._stopping = False
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -86,7 +94,10 @@ class Listener:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        with self._handshake_lock:
+            self._stopping = False
         handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -110,6 +121,12 @@ class Listener:
         if self._server is None:
             return
         server, self._server = self._server, None
+        with self._handshake_lock:
+            self._stopping = True
+            unfinished = list(self._handshaking)
+        for sock in unfinished:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
         server.shutdown()
         deadline = time.monotonic() + (self.settings.stop_grace_s if grace_s is None else grace_s)
         while server.active_associations and time.monotonic() < deadline:
@@ -120,6 +137,32 @@ class Listener:
         log.info("listener_stopped", aborted_associations=len(leftover))
 
     # --- handlers (run on association threads) ----------------------------------------------
+
+    def _on_connection(self, event: Event) -> None:
+        """With TLS: the handshake, on this connection's thread; a failed one closes the connection."""
+        if not self.settings.tls.enabled:
+            return
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
+        if sock is None:
+            return
+        with self._handshake_lock:
+            stopping = self._stopping
+            if not stopping:
+                self._handshaking.add(sock)
+        try:
+            if stopping:
+                raise ConnectionAbortedError("the listener is stopping")
+            handshake(sock, self.settings.acse_timeout_s)
+        except (OSError, ValueError) as exc:
+            # A peer that connects and closes (a port probe) is routine; anything else is worth a warning.
+            emit = log.info if isinstance(exc, ssl.SSLEOFError) or self._stopping else log.warning
+            emit("tls_handshake_failed", peer=event.address[0], reason=describe_tls_error(exc))
+            sock.close()
+            # Nothing more can arrive: let the association end now, not after the ACSE timeout.
+            event.assoc.acse_timeout = 0
+        finally:
+            with self._handshake_lock:
+                self._handshaking.discard(sock)
 
     def _on_requested(self, event: Event) -> None:
         requestor = event.assoc.requestor

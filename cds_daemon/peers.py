@@ -44,7 +44,11 @@ def associate(
     except OSError as exc:
         return f"cannot connect: {exc}"
     if not assoc.is_established:
-        return "association rejected" if assoc.is_rejected else "no association (peer down or timed out)"
+        if assoc.is_rejected:
+            return "association rejected"
+        if tls is not None and tls.tls_error is not None:
+            return f"TLS failed: {tls.tls_error}"
+        return "no association (peer down or timed out)"
     return assoc
 
 

@@ -44,6 +44,19 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ),
         ("[listener]\nprot = 1\n", "listener.prot"),
         ("[listener.tls]\nenabled = true\n", "listener.tls"),
+        (
+            '[listener.tls]\nenabled = true\ncert_file = "s.crt"\nkey_file = "s.key"\n',  # mutual TLS, no CA
+            "listener.tls",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n[destinations.tls]\nenabled = true\n',
+            "destinations.0.tls",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'
+            '[destinations.tls]\nenabled = true\nca_file = "ca.crt"\ncert_file = "c.crt"\n',
+            "destinations.0.tls",
+        ),
         ("worker_threads = 0\n", "worker_threads"),
     ],
 )
@@ -78,3 +91,20 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
     s = load_settings(example)
     assert s.listener.allowed_callers
+
+
+def test_tls_settings_that_are_valid(tmp_path: Path) -> None:
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(
+        "[listener.tls]\n"
+        'enabled = true\ncert_file = "s.crt"\nkey_file = "s.key"\nrequire_peer_cert = false\n'
+        '[[destinations]]\nname = "verified"\nae_title = "P"\nhost = "h"\nport = 1\n'
+        '[destinations.tls]\nenabled = true\nca_file = "ca.crt"\n'
+        '[[destinations]]\nname = "mutual"\nae_title = "P"\nhost = "h"\nport = 1\n'
+        '[destinations.tls]\nenabled = true\nca_file = "ca.crt"\ncert_file = "c.crt"\nkey_file = "c.key"\n'
+    )
+    s = load_settings(cfg)
+    assert s.listener.tls.enabled and not s.listener.tls.require_peer_cert and s.listener.tls.ca_file is None
+    verified, mutual = s.destinations
+    assert verified.tls.ca_file == Path("ca.crt") and verified.tls.cert_file is None
+    assert mutual.tls.cert_file == Path("c.crt") and mutual.tls.key_file == Path("c.key")

@@ -50,6 +50,10 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _toml_pairs(values: dict[str, Any]) -> list[str]:
+    return [f"{key} = {toml_value(value)}" for key, value in values.items()]
+
+
 @dataclass
 class DaemonProcess:
     """``python -m cds_daemon serve`` with a config file written for the test."""
@@ -62,6 +66,8 @@ class DaemonProcess:
         default_factory=lambda: [(SENDER_AE, ["127.0.0.1/32"]), ("ORTHANC", ["127.0.0.1/32"])]
     )
     destinations: list[tuple[str, str, int]] = field(default_factory=list)
+    listener_tls: dict[str, Any] | None = None
+    destination_tls: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
@@ -93,6 +99,10 @@ class DaemonProcess:
             'bind_address = "127.0.0.1"',
             f"port = {self.port}",
             "stop_grace_s = 5",
+        ]
+        if self.listener_tls is not None:
+            lines += ["[listener.tls]", *_toml_pairs(self.listener_tls)]
+        lines += [
             "[storage]",
             f"data_dir = {toml_value(self.data_dir)}",
             "min_free_mb = 1",
@@ -116,6 +126,8 @@ class DaemonProcess:
                 'host = "127.0.0.1"',
                 f"port = {port}",
             ]
+            if name in self.destination_tls:
+                lines += ["[destinations.tls]", *_toml_pairs(self.destination_tls[name])]
         if not self.destinations:
             lines.insert(0, "destinations = []")
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config)
@@ -223,8 +235,61 @@ def send_raw(port: int, path: Path, calling: str = SENDER_AE, called: str = DAEM
     return int(status.Status) if status is not None and "Status" in status else -3
 
 
-def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE):
-    return dcmtk("echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port))
+def echoscu(port: int, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()):
+    """C-ECHO; ``extra`` e.g. dcmtk's TLS options (``+tls KEY CERT +cf CA``)."""
+    return dcmtk("echoscu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port))
+
+
+@dataclass
+class StoreSCPProcess:
+    """dcmtk's ``storescp`` writing what it receives into ``workdir/received`` (``extra``: e.g. TLS)."""
+
+    workdir: Path
+    ae_title: str = "STORESCP"
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def received_dir(self) -> Path:
+        return self.workdir / "received"
+
+    def start(self) -> StoreSCPProcess:
+        if shutil.which("storescp") is None:
+            raise RuntimeError("storescp not found: install Debian's dcmtk")
+        self.received_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "storescp.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.received_dir), *self.extra, str(self.port)],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.received_dir.iterdir() if p.is_file())
+
+
+@dataclass(frozen=True)
+class OrthancTLS:
+    """DICOM TLS for Orthanc's DICOM port (Orthanc 1.9+ ``DicomTls*`` options)."""
+
+    cert: Path
+    key: Path
+    trusted: Path
+    require_client_cert: bool = True
 
 
 @dataclass
@@ -235,6 +300,7 @@ class OrthancProcess:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tls: OrthancTLS | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OrthancProcess:
@@ -257,6 +323,14 @@ class OrthancProcess:
             "Plugins": [],
             "StableAge": 1,
         }
+        if self.tls is not None:
+            config |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(self.tls.cert),
+                "DicomTlsPrivateKey": str(self.tls.key),
+                "DicomTlsTrustedCertificates": str(self.tls.trusted),
+                "DicomTlsRemoteCertificateRequired": self.tls.require_client_cert,
+            }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115
