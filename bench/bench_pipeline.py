@@ -3,8 +3,10 @@
     .venv/bin/python bench/bench_pipeline.py --bundle DIR [--n 40] [--latency-n 20]
 
 1. Model only: Engine.predict on N decoded 1024x768 fields (13 views, ensemble, CAM), cases/s.
-2. Worker path: decode -> quality -> model -> triage -> SR/SC/KOS -> durable outputs, cases/s,
-   in the same run, and its ratio to (1).
+2. Worker path: the daemon's Worker (model thread, helper process, recorder) on a store on disk,
+   from ``received`` rows to ``reported`` with durable SR/SC/KOS and outbox rows, cases/s, and its
+   ratio to (1) measured in the same run (before and after); plus the same steps in one thread.
+   Run for each ONNX Runtime thread count in ``--threads`` (default 1 and 2).
 3. End to end at idle: storescu sends one image at a time to a daemon process; time until its SR
    is in Orthanc (p50/p95).
 Not part of the test suite: prints figures.
@@ -16,18 +18,24 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pydicom
+
 from cds_daemon.bundle import read_manifest
 from cds_daemon.config import load_settings
 from cds_daemon.engine import Engine
+from cds_daemon.logs import configure_logging
 from cds_daemon.pixels import decode
 from cds_daemon.reports.uids import derived_uid
 from cds_daemon.spool import Spool
-from cds_daemon.worker import encode, process_image
+from cds_daemon.store import NewInstance, Store
+from cds_daemon.worker import Worker, process_image
 from tests.support.dicom_files import write_images
 from tests.support.processes import DaemonProcess, OrthancProcess, storescu
 
@@ -42,25 +50,94 @@ def _inputs(root: Path, n: int) -> list[Path]:
     return files
 
 
-def throughput(bundle: Path, files: list[Path], root: Path, threads: int) -> None:
-    engine = Engine(bundle, threads=threads)
-    settings = load_settings(None, model_bundle=bundle, worker_threads=threads)
+def _receive(store: Store, spool: Spool, path: Path) -> None:
+    """What ingest does for one C-STORE: durable file, then the ``received`` row."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    spooled = spool.write(str(ds.SOPInstanceUID), path.read_bytes())
+    store.record_received(
+        NewInstance(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            accession_number=str(ds.get("AccessionNumber", "")),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            calling_ae="BENCH",
+            peer_address="127.0.0.1",
+            spool_path=str(spooled.path),
+            size_bytes=spooled.size,
+            sha256=spooled.sha256,
+        ),
+        actor="bench",
+    )
+
+
+def model_only(engine: Engine, files: list[Path]) -> float:
     images = [decode(f).rgb for f in files]
     engine.predict(images[0])
     t0 = time.perf_counter()
     for rgb in images:
         engine.predict(rgb)
-    model_rate = len(images) / (time.perf_counter() - t0)
-    results = Spool(root / "results")
+    return len(images) / (time.perf_counter() - t0)
+
+
+def worker_path(engine: Engine, bundle: Path, files: list[Path], root: Path, threads: int) -> tuple[float, dict]:
+    """The daemon's Worker (model thread + helper process + recorder) on a store on disk, cases/s."""
+    settings = load_settings(None, model_bundle=bundle, worker_threads=threads, storage={"data_dir": root / "data"})
+    settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.storage.database)
+    spool = Spool(settings.storage.spool_dir)
+    done = threading.Event()
+    reported = [0]
+
+    def on_reported() -> None:
+        reported[0] += 1
+        if reported[0] == len(files):
+            done.set()
+
+    worker = Worker(settings, store, engine, on_reported=on_reported)
+    worker.start()  # the helper process is up before the clock starts
+    try:
+        t0 = time.perf_counter()
+        for f in files:
+            _receive(store, spool, f)
+            worker.wake()
+        if not done.wait(600):
+            raise TimeoutError(f"only {reported[0]} of {len(files)} reported: {store.counts_by_state()}")
+        rate = len(files) / (time.perf_counter() - t0)
+    finally:
+        worker.stop()
+    stages: dict[str, list[float]] = {}
+    for inst in store.instances("reported"):
+        record = store.get_prediction(inst.sop_instance_uid)
+        for k, v in (record.detail.get("timings_ms", {}) if record else {}).items():
+            stages.setdefault(k, []).append(v)
+    store.close()
+    return rate, {k: statistics.median(v) for k, v in stages.items() if k in ("prepare", "model", "reports", "total")}
+
+
+def throughput(bundle: Path, files: list[Path], root: Path, threads: int) -> None:
+    engine = Engine(bundle, threads=threads)
+    settings = load_settings(None, model_bundle=bundle, worker_threads=threads)
+    serial_rate = len(files) / _timed(lambda: [process_image(f, engine, settings) for f in files])
+    model_rate = model_only(engine, files)
+    worker_rate, stages = worker_path(engine, bundle, files, root / f"t{threads}", threads)
+    model_rate_after = model_only(engine, files)
+    base = (model_rate + model_rate_after) / 2
+    print(f"[{threads} ONNX Runtime thread(s)]")
+    print(f"  model only (13 views + aggregator + CAM):      {base:.2f} cases/s "
+          f"(before {model_rate:.2f}, after {model_rate_after:.2f})")
+    print(f"  worker (decode -> durable SR/SC/KOS -> outbox): {worker_rate:.2f} cases/s "
+          f"({worker_rate / base:.0%} of model-only)")
+    print(f"  same steps in one thread (replay path):        {serial_rate:.2f} cases/s "
+          f"({serial_rate / base:.0%})")
+    print("  median ms per case: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
+
+
+def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    for f in files:
-        processed = process_image(f, engine, settings)
-        for _kind, ds in processed.objects:
-            results.write(str(ds.SOPInstanceUID), encode(ds))
-    worker_rate = len(files) / (time.perf_counter() - t0)
-    print(f"model only (13 views + aggregator + CAM, {threads} threads): {model_rate:.2f} cases/s")
-    print(f"worker path (decode -> durable SR/SC/KOS):          {worker_rate:.2f} cases/s "
-          f"({worker_rate / model_rate:.0%} of model-only)")
+    fn()
+    return time.perf_counter() - t0
 
 
 def latency(bundle: Path, files: list[Path], root: Path) -> None:
@@ -72,8 +149,6 @@ def latency(bundle: Path, files: list[Path], root: Path) -> None:
         destinations=[("pacs", "ORTHANC", pacs.dicom_port)],
         extra_config="[egress]\npoll_s = 0.5\n",
     ).start()
-    import pydicom
-
     times = []
     try:
         for f in files:
@@ -102,13 +177,16 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--latency-n", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="ONNX Runtime intra-op threads to try")
     args = ap.parse_args()
+    configure_logging("warning", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = _inputs(root, max(args.n, args.latency_n))
-        throughput(args.bundle, files[: args.n], root, args.threads)
-        latency(args.bundle.resolve(), files[: args.latency_n], root)
+        for threads in args.threads:
+            throughput(args.bundle, files[: args.n], root, threads)
+        if args.latency_n:
+            latency(args.bundle.resolve(), files[: args.latency_n], root)
 
 
 if __name__ == "__main__":

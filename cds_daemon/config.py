@@ -264,7 +264,9 @@ class Settings(BaseSettings):
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
-    worker_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    worker_threads: int = Field(
+        1, ge=1, le=64, description="ONNX Runtime intra-op threads (the worker's helper process takes one more core)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

@@ -182,6 +182,8 @@ def open_session(path: Path, threads: int, model: bytes | None = None) -> ort.In
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads would otherwise spin for work and take CPU from the worker's helper process.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         source = model if model is not None else str(path)
         return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])

@@ -1,19 +1,23 @@
 """The inference worker: received instance -> prediction, triage, result objects -> outbox.
 
-One thread claims ``received`` instances from the store in arrival order. A failure on
-one image (decode, model, report) marks that instance ``failed`` with the reason and keeps
-its file; the loop goes on.
+Instances are claimed from the store in arrival order (see :class:`Worker` for the stages).
+A failure on one image (decode, model, report, even a crash of the helper process) marks that
+instance ``failed`` with the reason and keeps its file; the pipeline goes on.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -24,6 +28,7 @@ from cds_daemon.config import Settings
 from cds_daemon.engine import Engine, Prediction
 from cds_daemon.logs import get_logger
 from cds_daemon.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
+from cds_daemon.offload import BrokenProcessPool, Offload, PreparedPixels, ReportOutputs
 from cds_daemon.pixels import DecodeError, decode
 from cds_daemon.quality import QualityResult, assess
 from cds_daemon.reports.heatmap import build_heatmap_sc
@@ -35,6 +40,25 @@ from cds_daemon.store import Instance, OutputObject, PredictionRecord, Store
 from cds_daemon.triage import TriageDecision, decide
 
 log = get_logger("worker")
+
+#: Images decoded ahead of the model; also bounds the cases waiting for their reports.
+LOOKAHEAD = 2
+
+
+@dataclass(frozen=True)
+class OffloadCrash(RuntimeError):
+    """The helper process died twice on the same image."""
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A case between the model thread and the recorder: its reports are being built."""
+
+    instance: Instance
+    started: float
+    prepare_ms: float
+    inferred: Inferred
+    reports: Future[ReportOutputs]
 
 
 @dataclass(frozen=True)
@@ -86,29 +110,89 @@ def _at_least(rgb: np.ndarray, min_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.NEAREST))
 
 
-def process_image(path: Path, engine: Engine, settings: Settings) -> Processed:
-    """The whole per-image pipeline, no store or network: also used by ``cds-daemon replay``."""
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded source image with its quality verdict: what the model stage needs."""
+
+    dataset: pydicom.Dataset
+    rgb: np.ndarray
+    was_colour: bool
+    quality: QualityResult
+    ms: float
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """The model's output for one image, triaged and packed for the report builders."""
+
+    prediction: Prediction
+    quality: QualityResult
+    triage: TriageDecision
+    result: AIResult
+    ms: float
+
+
+def prepare(path: Path, settings: Settings) -> Prepared:
+    """Decode (raises DecodeError) and run the input-quality gate."""
     t0 = time.perf_counter()
     image = decode(path)
-    t_decode = time.perf_counter()
     quality = assess(image.rgb, was_colour=image.was_colour, settings=settings.quality)
-    pred = engine.predict(_at_least(image.rgb, settings.quality.min_side_px))
-    t_model = time.perf_counter()
+    return Prepared(image.dataset, image.rgb, image.was_colour, quality, (time.perf_counter() - t0) * 1000)
+
+
+def infer(rgb: np.ndarray, quality: QualityResult, engine: Engine, settings: Settings) -> Inferred:
+    """Ensemble, conformal set, OOD and CAM, then the referral decision."""
+    t0 = time.perf_counter()
+    pred = engine.predict(_at_least(rgb, settings.quality.min_side_px))
     triage = decide(pred, quality, settings.triage, engine.bundle.manifest.confidence_threshold)
     result = to_ai_result(pred, triage, engine)
-    sr = build_ai_sr(image.dataset, result)
-    sc = build_heatmap_sc(image.dataset, image.rgb, result) if result.cam is not None else None
+    return Inferred(pred, quality, triage, result, (time.perf_counter() - t0) * 1000)
+
+
+def build_objects(source: pydicom.Dataset, rgb: np.ndarray, result: AIResult) -> list[tuple[str, pydicom.Dataset]]:
+    """The AI SR, the heatmap SC (when there is a CAM) and, for a referred case, the review KOS."""
+    sr = build_ai_sr(source, result)
+    sc = build_heatmap_sc(source, rgb, result) if result.cam is not None else None
     objects: list[tuple[str, pydicom.Dataset]] = [("sr", sr)] + ([("sc", sc)] if sc is not None else [])
-    if triage.referred:
-        objects.append(("kos", build_review_kos(image.dataset, result, sr, sc)))
+    if result.referred:
+        objects.append(("kos", build_review_kos(source, result, sr, sc)))
+    return objects
+
+
+def write_objects(results: Spool, objects: list[tuple[str, pydicom.Dataset]]) -> list[OutputObject]:
+    """Each object durably in the results spool, named by its SOPInstanceUID."""
+    outputs = []
+    for kind, ds in objects:
+        spooled = results.write(str(ds.SOPInstanceUID), encode(ds))
+        outputs.append(OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(spooled.path)))
+    return outputs
+
+
+def process_image(path: Path, engine: Engine, settings: Settings) -> Processed:
+    """The whole per-image pipeline in this thread, no store or network: ``cds-daemon replay`` and tests.
+
+    The daemon's worker runs the same steps, with decode and reports in its helper process.
+    """
+    t0 = time.perf_counter()
+    prepared = prepare(path, settings)
+    inferred = infer(prepared.rgb, prepared.quality, engine, settings)
+    t_model = time.perf_counter()
+    objects = build_objects(prepared.dataset, prepared.rgb, inferred.result)
     t_end = time.perf_counter()
     timings = {
-        "decode": (t_decode - t0) * 1000,
-        "model": (t_model - t_decode) * 1000,
+        "prepare": prepared.ms,
+        "model": inferred.ms,
         "reports": (t_end - t_model) * 1000,
         "total": (t_end - t0) * 1000,
     }
-    return Processed(pred, quality, triage, result, objects, {k: round(v, 1) for k, v in timings.items()})
+    return Processed(
+        inferred.prediction,
+        inferred.quality,
+        inferred.triage,
+        inferred.result,
+        objects,
+        {k: round(v, 1) for k, v in timings.items()},
+    )
 
 
 def encode(ds: pydicom.Dataset) -> bytes:
@@ -118,18 +202,27 @@ def encode(ds: pydicom.Dataset) -> bytes:
 
 
 def prediction_record(p: Processed) -> PredictionRecord:
-    pred, r = p.prediction, p.result
+    return make_record(
+        Inferred(p.prediction, p.quality, p.triage, p.result, p.timings_ms["model"]),
+        {kind: str(ds.SOPInstanceUID) for kind, ds in p.objects},
+        p.timings_ms,
+    )
+
+
+def make_record(inferred: Inferred, object_uids: dict[str, str], timings_ms: dict[str, float]) -> PredictionRecord:
+    """What the store keeps about one prediction (the detail is shown to reviewers and in ``status``)."""
+    pred, r, quality, triage = inferred.prediction, inferred.result, inferred.quality, inferred.triage
     return PredictionRecord(
         model_name=r.model_name,
         model_version=r.model_version,
         model_sha256=r.model_sha256,
         predicted=pred.label,
         probabilities=list(r.probabilities),
-        referred=p.triage.referred,
-        reasons=list(p.triage.reasons),
+        referred=triage.referred,
+        reasons=list(triage.reasons),
         detail={
-            "reason_texts": list(p.triage.texts),
-            "priority": p.triage.priority,
+            "reason_texts": list(triage.texts),
+            "priority": triage.priority,
             "confidence": pred.confidence,
             "conformal_set": list(pred.conformal_set),
             "basic": {"label": pred.basic_label, "probabilities": list(r.basic_probabilities or ())},
@@ -140,15 +233,22 @@ def prediction_record(p: Processed) -> PredictionRecord:
                 "energy": pred.energy,
                 "energy_ood": pred.energy_ood,
             },
-            "quality": p.quality.metrics,
-            "timings_ms": {**p.timings_ms, **{f"model_{k}": v for k, v in pred.timings_ms.items()}},
-            "objects": {kind: str(ds.SOPInstanceUID) for kind, ds in p.objects},
+            "quality": quality.metrics,
+            "timings_ms": {**timings_ms, **{f"model_{k}": round(v, 1) for k, v in pred.timings_ms.items()}},
+            "objects": object_uids,
         },
     )
 
 
 class Worker:
-    """Claims received instances and runs :func:`process_image` on each."""
+    """Claims received instances and runs the pipeline on them.
+
+    In the daemon (:meth:`start`) it is a three-stage pipeline, so the model never waits for I/O or
+    report building: the helper process (:mod:`cds_daemon.offload`) decodes the next images while
+    the model thread runs the ensemble on this one, then builds and writes its reports while the
+    model goes on; a recorder thread commits each finished case to the store. :meth:`handle` runs
+    one instance start to end in the calling thread (tests and tools).
+    """
 
     def __init__(
         self,
@@ -166,63 +266,148 @@ class Worker:
         self.on_reported = on_reported
         self.wake_event = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._finished: queue.Queue[_InFlight | None] = queue.Queue(maxsize=LOOKAHEAD + 1)
+        self.offload: Offload | None = None
         self.last_heartbeat = time.monotonic()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
-        self._thread.start()
+        self.offload = Offload(self.settings)
+        self.offload.start()
+        self._threads = [
+            threading.Thread(target=self._model_loop, name="inference-worker", daemon=True),
+            threading.Thread(target=self._record_loop, name="result-recorder", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, finish what is in flight (at most a few images), stop the helper process."""
         self._stop.set()
         self.wake_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.offload is not None:
+            self.offload.close()
 
     def wake(self) -> None:
         self.wake_event.set()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.last_heartbeat = time.monotonic()
-            self.on_heartbeat()
+    def _claim_ahead(self, ahead: deque[tuple[Instance, float, Future[PreparedPixels]]]) -> None:
+        assert self.offload is not None
+        while len(ahead) < LOOKAHEAD and not self._stop.is_set():
             instance = self.store.claim_next(actor="worker")
             if instance is None:
-                self.wake_event.wait(0.5)
-                self.wake_event.clear()
-                continue
-            self.handle(instance)
+                return
+            ahead.append(
+                (instance, time.perf_counter(), self.offload.prepare(instance.sop_instance_uid, instance.spool_path))
+            )
 
-    def handle(self, instance: Instance) -> None:
-        uid = instance.sop_instance_uid
+    def _model_loop(self) -> None:
+        ahead: deque[tuple[Instance, float, Future[PreparedPixels]]] = deque()
         try:
-            processed = process_image(Path(instance.spool_path), self.engine, self.settings)
-            outputs = []
-            for kind, ds in processed.objects:
-                spooled = self.results.write(str(ds.SOPInstanceUID), encode(ds))
-                outputs.append(OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(spooled.path)))
-            destinations = [d.name for d in self.settings.destinations]
-            self.store.record_result(uid, prediction_record(processed), outputs, destinations, actor="worker")
+            while not self._stop.is_set() or ahead:
+                self.last_heartbeat = time.monotonic()
+                self.on_heartbeat()
+                self._claim_ahead(ahead)
+                if not ahead:
+                    self.wake_event.wait(0.5)
+                    self.wake_event.clear()
+                    continue
+                instance, started, prepared_future = ahead.popleft()
+                self._claim_ahead(ahead)  # the helper decodes the next image while the model runs this one
+                self._infer_one(instance, started, prepared_future)
+        finally:
+            self._finished.put(None)
+
+    def _offloaded(self, future: Future[Any], job: str, *args: Any) -> Any:
+        """The job's result; when its helper process died, once more on its own."""
+        assert self.offload is not None
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            log.error("offload_died", job=job, sop_instance_uid=args[0], detail="retrying the image on its own")
+            try:
+                return self.offload.retry_alone(job, *args)
+            except BrokenProcessPool as exc:
+                raise OffloadCrash(f"the helper process died twice on this image during {job}") from exc
+
+    def _infer_one(self, instance: Instance, started: float, prepared_future: Future[PreparedPixels]) -> None:
+        assert self.offload is not None
+        uid, path = instance.sop_instance_uid, instance.spool_path
+        try:
+            prepared: PreparedPixels = self._offloaded(prepared_future, "prepare", uid, path)
+            inferred = infer(prepared.rgb, prepared.quality, self.engine, self.settings)
+            report_future = self.offload.report(uid, path, inferred.result)
         except DecodeError as exc:
             self._fail(uid, str(exc))
             return
         except Exception as exc:  # one bad image must never stop the worker
-            log.exception("processing_failed", sop_instance_uid=uid)
-            self._fail(uid, f"{type(exc).__name__}: {exc}")
+            self._failed_with(uid, exc)
             return
-        pred = processed.prediction
-        INFERENCE_SECONDS.observe(processed.timings_ms["model"] / 1000)
-        PIPELINE_SECONDS.observe(processed.timings_ms["total"] / 1000)
+        self._finished.put(_InFlight(instance, started, prepared.ms, inferred, report_future))
+
+    def _record_loop(self) -> None:
+        while (item := self._finished.get()) is not None:
+            uid = item.instance.sop_instance_uid
+            try:
+                made: ReportOutputs = self._offloaded(
+                    item.reports, "report", uid, item.instance.spool_path, item.inferred.result
+                )
+                timings = {
+                    "prepare": item.prepare_ms,
+                    "model": item.inferred.ms,
+                    "reports": made.ms,
+                    "total": (time.perf_counter() - item.started) * 1000,
+                }
+                self._record(uid, item.inferred, made.outputs, {k: round(v, 1) for k, v in timings.items()})
+            except Exception as exc:  # one bad image must never stop the worker
+                self._failed_with(uid, exc)
+
+    def handle(self, instance: Instance) -> None:
+        """One claimed instance, start to end, in this thread."""
+        uid = instance.sop_instance_uid
+        try:
+            processed = process_image(Path(instance.spool_path), self.engine, self.settings)
+            outputs = write_objects(self.results, processed.objects)
+            inferred = Inferred(
+                processed.prediction,
+                processed.quality,
+                processed.triage,
+                processed.result,
+                processed.timings_ms["model"],
+            )
+            self._record(uid, inferred, outputs, processed.timings_ms)
+        except DecodeError as exc:
+            self._fail(uid, str(exc))
+        except Exception as exc:  # one bad image must never stop the worker
+            self._failed_with(uid, exc)
+
+    def _record(self, uid: str, inferred: Inferred, outputs: list[OutputObject], timings: dict[str, float]) -> None:
+        destinations = [d.name for d in self.settings.destinations]
+        record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
+        self.store.record_result(uid, record, outputs, destinations, actor="worker")
+        pred = inferred.prediction
+        INFERENCE_SECONDS.observe(inferred.ms / 1000)
+        PIPELINE_SECONDS.observe(timings["total"] / 1000)
         log.info(
             "instance_reported",
             sop_instance_uid=uid,
             predicted=pred.label,
             confidence=round(pred.confidence, 4),
-            referred=processed.triage.referred,
-            reasons=list(processed.triage.reasons),
-            ms=processed.timings_ms,
+            referred=inferred.triage.referred,
+            reasons=list(inferred.triage.reasons),
+            ms=timings,
         )
         self.on_reported()
+
+    def _failed_with(self, uid: str, exc: Exception) -> None:
+        if isinstance(exc, DecodeError):
+            self._fail(uid, str(exc))
+            return
+        log.exception("processing_failed", sop_instance_uid=uid)
+        self._fail(uid, f"{type(exc).__name__}: {exc}")
 
     def _fail(self, uid: str, reason: str) -> None:
         log.warning("instance_failed", sop_instance_uid=uid, reason=reason[:300])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -150,3 +152,49 @@ def test_undecodable_image_fails_alone(
     _wait(settled, 120, "one failed, one reported")
     failed = [e for e in daemon.log_events() if e["event"] == "instance_failed"]
     assert failed and "decode" in failed[0]["reason"]
+
+
+def test_helper_process_killed_mid_burst_loses_nothing(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """The OOM killer (here: SIGKILL) takes the helper process: it is restarted, every image is still reported."""
+    version = read_manifest(tiny_bundle).version
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    helper = next(e["pid"] for e in daemon.log_events() if e["event"] == "offload_started")
+    files = write_images(tmp_path / "in", 30, seed=700)
+    assert storescu(daemon.port, *files).returncode == 0
+
+    def counts() -> dict[str, int]:
+        return json.loads(daemon.cli("status", "--json").stdout)["instances"]
+
+    _wait(lambda: counts()["reported"] + counts()["delivered"] >= 3, 120, "the first reports")
+    os.kill(helper, signal.SIGKILL)
+    _wait(lambda: counts()["delivered"] == 30, 240, "all 30 delivered")
+    assert counts()["failed"] == 0
+    events = [e["event"] for e in daemon.log_events()]
+    assert "offload_restarted" in events
+    late = write_images(tmp_path / "late", 1, seed=9701)
+    assert storescu(daemon.port, *late).returncode == 0
+    _wait(lambda: counts()["delivered"] == 31, 120, "an image sent after the restart")
+    for f in [*files, *late]:
+        uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        assert _outputs(orthanc, uid, version)["sr"] is not None
+    assert daemon.proc is not None
+    helpers = _helpers_of(daemon.proc.pid)
+    assert helpers and helper not in helpers
+    daemon.kill()  # SIGKILL: the daemon cannot stop its helper, which must notice and leave by itself
+    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), 10, "the orphaned helper to exit")
+
+
+def _helpers_of(parent: int) -> list[int]:
+    """PIDs of the multiprocessing children (helper, resource tracker) of ``parent``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found

@@ -139,6 +139,48 @@ def test_chaos_sigkill_while_sending(
     print(f"chaos: images sent {len(files)}, kills {kills}, lost 0, duplicates 0")
 
 
+def test_pacs_outage_while_images_arrive(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """Orthanc goes down mid-stream for a while; everything is delivered once, after it returns."""
+    outage_s = float(os.environ.get("CDS_OUTAGE_S", "10"))
+    version = read_manifest(tiny_bundle).version
+    daemon = make_daemon(
+        bundle=tiny_bundle, destinations=[("pacs", "ORTHANC", orthanc.dicom_port)], extra_config=FAST_EGRESS
+    ).start()
+    before, during, after = (
+        write_images(tmp_path / name, 8, seed=seed) for name, seed in (("a", 9100), ("b", 9200), ("c", 9300))
+    )
+    assert len(_send_acked(daemon.port, before)) == 8
+    _wait(lambda: _status(daemon)["instances"]["delivered"] == 8, 120, "the first images delivered")
+    orthanc.stop()
+    down_at = time.monotonic()
+    assert len(_send_acked(daemon.port, during)) == 8
+    _wait(lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery")
+    time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
+    assert _status(daemon)["instances"]["delivered"] == 8, "nothing can be delivered while the PACS is down"
+    orthanc.start()
+    outage = time.monotonic() - down_at
+    assert len(_send_acked(daemon.port, after)) == 8
+    _wait(lambda: _status(daemon)["instances"]["delivered"] == 24, 180, "every instance delivered after the outage")
+    drained = time.monotonic() - down_at - outage
+    status = _status(daemon)
+    assert status["instances"]["failed"] == 0 and status["outbox"]["dead"] == 0
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in [*before, *during, *after]]
+    for uid in uids:
+        for kind in ("sr", "sc"):
+            assert orthanc.instance_id(derived_uid(uid, version, kind)) is not None, f"{kind} of {uid} lost"
+    modalities: dict[str, int] = {}
+    for series in orthanc.get("/series?expand"):
+        mod = series["MainDicomTags"].get("Modality", "")
+        modalities[mod] = modalities.get(mod, 0) + len(series["Instances"])
+    assert modalities.get("SR", 0) == 24, "exactly one SR per image"
+    print(
+        f"outage: PACS down {outage:.1f} s while 8 of 24 images arrived; "
+        f"all delivered {drained:.1f} s after it returned"
+    )
+
+
 def test_pacs_never_returns_dead_letters(
     make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, tmp_path: Path
 ) -> None:

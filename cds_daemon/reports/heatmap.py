@@ -9,6 +9,8 @@ No patient data is burned in.
 
 from __future__ import annotations
 
+import functools
+
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -62,6 +64,7 @@ def _make_lut() -> np.ndarray:
 
 #: (256, 3) uint8 colour table: index round(255 * value) for value in [0, 1].
 LUT = _make_lut()
+_PALETTE = LUT.reshape(-1).tolist()
 
 _WHITE = (255, 255, 255)
 _GREY = (200, 200, 200)
@@ -94,17 +97,32 @@ def upsample_bilinear(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :]
 
 
+def _palette_image(cam: np.ndarray, shape: tuple[int, int]) -> Image.Image:
+    """The CAM upsampled to ``shape`` and coloured through :data:`LUT`, as a Pillow RGB image.
+
+    The small map is cleaned and clipped first; bilinear interpolation stays inside [0, 1], so the
+    full-size map only needs one scale-and-round pass to become LUT indices.
+    """
+    small = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    index = upsample_bilinear(small, shape)
+    index *= 255.0
+    index += 0.5
+    indexed = Image.fromarray(index.astype(np.uint8), "L")
+    indexed.putpalette(_PALETTE)
+    return indexed.convert("RGB")
+
+
 def render_overlay(pixels: np.ndarray, cam: np.ndarray, *, alpha: float = ALPHA) -> np.ndarray:
     """The image with the CAM (values in [0, 1]) blended over it; same size as ``pixels``."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must lie in [0, 1]")
-    colours = colorize(upsample_bilinear(cam, pixels.shape[:2])).astype(np.float32)
-    blended = (1.0 - alpha) * pixels.astype(np.float32) + alpha * colours
-    return np.rint(blended).astype(np.uint8)
+    colours = _palette_image(cam, pixels.shape[:2])
+    return np.asarray(Image.blend(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), colours, alpha))
 
 
+@functools.lru_cache(maxsize=64)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
@@ -116,13 +134,17 @@ def _text_width(
     return int(right - left)
 
 
-def _fitted(
-    draw: ImageDraw.ImageDraw, text: str, size: int, width: int
-) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def _fitted(text: str, size: int, width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """The largest font up to ``size`` (not below 10 px) that fits ``text`` into ``width``."""
+    return _font(_fitted_size(text, size, width))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fitted_size(text: str, size: int, width: int) -> int:
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     while size > 10 and _text_width(draw, text, _font(size)) > width:
         size -= 1
-    return _font(size)
+    return size
 
 
 def _layout(h: int, w: int) -> tuple[int, int, int, int]:
@@ -135,7 +157,7 @@ def _layout(h: int, w: int) -> tuple[int, int, int, int]:
 
 def _draw_header(draw: ImageDraw.ImageDraw, width: int, height: int, result: AIResult) -> None:
     pad = 10
-    notice = _fitted(draw, NOT_FOR_DIAGNOSIS, 26, width // 2 - pad)
+    notice = _fitted(NOT_FOR_DIAGNOSIS, 26, width // 2 - pad)
     draw.text(
         (pad, height // 2),
         NOT_FOR_DIAGNOSIS,
@@ -146,7 +168,7 @@ def _draw_header(draw: ImageDraw.ImageDraw, width: int, height: int, result: AIR
         stroke_fill=_WARN,
     )
     label = f"AI heatmap - {result.model_label}"
-    font = _fitted(draw, label, 18, width // 2 - 2 * pad)
+    font = _fitted(label, 18, width // 2 - 2 * pad)
     draw.text((width - pad, height // 2), label, font=font, fill=_WHITE, anchor="rm")
 
 
@@ -168,10 +190,10 @@ def _draw_footer(canvas: Image.Image, top: int, width: int, height: int, result:
     predicted = (
         f"Predicted: {result.display_name(result.predicted)}  p = {result.probability(result.predicted):.2f}"
     )
-    draw.text((x, top + 8), predicted, font=_fitted(draw, predicted, 20, room), fill=_WHITE)
+    draw.text((x, top + 8), predicted, font=_fitted(predicted, 20, room), fill=_WHITE)
     status = "Referred for expert review" if result.referred else "Not referred"
     second = f"{status}. Brighter = more influence on this class. {NOT_FOR_DIAGNOSIS}."
-    draw.text((x, top + 8 + height // 2), second, font=_fitted(draw, second, 16, room), fill=_GREY)
+    draw.text((x, top + 8 + height // 2), second, font=_fitted(second, 16, room), fill=_GREY)
 
 
 def render_heatmap(pixels: np.ndarray, result: AIResult) -> np.ndarray:

@@ -89,7 +89,7 @@ class DaemonProcess:
     def write_config(self) -> None:
         lines = [
             'log_level = "info"',
-            "worker_threads = 2",
+            "worker_threads = 1",
         ]
         if self.bundle is not None:
             lines.append(f"model_bundle = {toml_value(self.bundle)}")
