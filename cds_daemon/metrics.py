@@ -29,9 +29,12 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
     registry=REGISTRY,
 )
+HELPER_RESTARTS = Counter(
+    "cds_helper_restarts", "Times the worker's helper process died and was started again", registry=REGISTRY
+)
 PIPELINE_SECONDS = Histogram(
     "cds_pipeline_seconds",
-    "Per image: decode, quality, model, reports, durable outputs",
+    "Per image, from claim to recorded: decode, quality, model, reports, durable outputs",
     buckets=(0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
     registry=REGISTRY,
 )

@@ -30,6 +30,7 @@ import numpy as np
 
 from cds_daemon.config import Settings
 from cds_daemon.logs import configure_logging, get_logger
+from cds_daemon.metrics import HELPER_RESTARTS
 from cds_daemon.quality import QualityResult
 from cds_daemon.reports.result import AIResult
 from cds_daemon.spool import Spool
@@ -59,6 +60,7 @@ class ReportOutputs:
 
 
 def _init(settings: Settings, parent: int) -> None:
+    os.nice(5)  # batch work: the listener's threads in the parent answer C-STOREs first
     configure_logging(settings.log_level)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _STATE["settings"] = settings
@@ -141,6 +143,7 @@ class Offload:
         old = self._pool
         self._pool = self._new_pool()
         self.restarts += 1
+        HELPER_RESTARTS.inc()
         log.error("offload_restarted", restarts=self.restarts, detail="the helper process died; started a new one")
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)

@@ -173,6 +173,7 @@ def test_helper_process_killed_mid_burst_loses_nothing(
     assert counts()["failed"] == 0
     events = [e["event"] for e in daemon.log_events()]
     assert "offload_restarted" in events
+    assert "cds_helper_restarts_total 1.0" in daemon.http("/metrics")[1]
     late = write_images(tmp_path / "late", 1, seed=9701)
     assert storescu(daemon.port, *late).returncode == 0
     _wait(lambda: counts()["delivered"] == 31, 120, "an image sent after the restart")
