@@ -7,6 +7,8 @@
    from ``received`` rows to ``reported`` with durable SR/SC/KOS and outbox rows, cases/s, and its
    ratio to (1) measured in the same run (before and after); plus the same steps in one thread.
    Run for each ONNX Runtime thread count in ``--threads`` (default 1 and 2).
+   Then how model-only throughput scales to two processes at once: whatever runs beside the
+   model (decode, reports) can only be hidden as far as a second core really adds throughput.
 3. End to end at idle: storescu sends one image at a time to a daemon process; time until its SR
    is in Orthanc (p50/p95).
 Not part of the test suite: prints figures.
@@ -15,6 +17,8 @@ Not part of the test suite: prints figures.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.synchronize
 import statistics
 import sys
 import tempfile
@@ -134,6 +138,30 @@ def throughput(bundle: Path, files: list[Path], root: Path, threads: int) -> Non
     print("  median ms per case: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
 
 
+def _model_only_process(bundle: Path, files: list[Path], start: multiprocessing.synchronize.Barrier) -> float:
+    engine = Engine(bundle, threads=1)
+    images = [decode(f).rgb for f in files]
+    engine.predict(images[0])
+    start.wait()
+    t0 = time.perf_counter()
+    for rgb in images:
+        engine.predict(rgb)
+    return len(images) / (time.perf_counter() - t0)
+
+
+def core_scaling(bundle: Path, files: list[Path]) -> None:
+    """What a second core adds to model work here: the ceiling for any work beside the model."""
+    ctx = multiprocessing.get_context("spawn")
+    rates = {}
+    for n in (1, 2):
+        barrier = ctx.Manager().Barrier(n)
+        with ctx.Pool(n) as pool:
+            rates[n] = pool.starmap(_model_only_process, [(bundle, files, barrier)] * n)
+    one, two = rates[1][0], sum(rates[2])
+    print(f"core scaling: model-only in 1 process {one:.2f} cases/s; in 2 processes at once "
+          f"{' + '.join(f'{r:.2f}' for r in rates[2])} = {two:.2f} cases/s ({two / one:.2f}x)")
+
+
 def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -178,6 +206,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--latency-n", type=int, default=20)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="ONNX Runtime intra-op threads to try")
+    ap.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the two-process check")
     args = ap.parse_args()
     configure_logging("warning", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +214,8 @@ def main() -> None:
         files = _inputs(root, max(args.n, args.latency_n))
         for threads in args.threads:
             throughput(args.bundle, files[: args.n], root, threads)
+        if args.scaling:
+            core_scaling(args.bundle, files[: args.n])
         if args.latency_n:
             latency(args.bundle.resolve(), files[: args.latency_n], root)
 

@@ -16,6 +16,7 @@ so one poisonous image fails alone and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -60,7 +61,8 @@ class ReportOutputs:
 
 
 def _init(settings: Settings, parent: int) -> None:
-    os.nice(5)  # batch work: the listener's threads in the parent answer C-STOREs first
+    with contextlib.suppress(OSError):  # batch work: the listener's threads in the parent answer first
+        os.nice(5)
     configure_logging(settings.log_level)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _STATE["settings"] = settings
