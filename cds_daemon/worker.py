@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,8 +340,8 @@ class Worker:
             prepared: PreparedPixels = self._offloaded(prepared_future, "prepare", uid, path)
             inferred = infer(prepared.rgb, prepared.quality, self.engine, self.settings)
             report_future = self.offload.report(uid, path, inferred.result)
-        except DecodeError as exc:
-            self._fail(uid, str(exc))
+        except CancelledError:
+            self._left_for_restart(uid)
             return
         except Exception as exc:  # one bad image must never stop the worker
             self._failed_with(uid, exc)
@@ -362,8 +362,14 @@ class Worker:
                     "total": (time.perf_counter() - item.started) * 1000,
                 }
                 self._record(uid, item.inferred, made.outputs, {k: round(v, 1) for k, v in timings.items()})
+            except CancelledError:
+                self._left_for_restart(uid)
             except Exception as exc:  # one bad image must never stop the worker
                 self._failed_with(uid, exc)
+
+    def _left_for_restart(self, uid: str) -> None:
+        """A stop that ran out of time cancelled this image's job: it stays claimed and is redone at start."""
+        log.info("instance_left_for_restart", sop_instance_uid=uid)
 
     def handle(self, instance: Instance) -> None:
         """One claimed instance, start to end, in this thread."""

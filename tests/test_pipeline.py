@@ -199,3 +199,23 @@ def _helpers_of(parent: int) -> list[int]:
         if int(fields[1]) == parent and b"spawn_main" in cmdline:
             found.append(int(stat.parent.name))
     return found
+
+
+def test_sigterm_mid_burst_drains_and_resumes(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A clean stop while images are in the pipeline: exit 0, nothing failed, the rest done after restart."""
+    daemon = make_daemon(bundle=tiny_bundle).start()
+    files = write_images(tmp_path / "in", 60, seed=9400)
+    assert storescu(daemon.port, *files).returncode == 0
+
+    def counts() -> dict[str, int]:
+        return json.loads(daemon.cli("status", "--json").stdout)["instances"]
+
+    _wait(lambda: any(e["event"] == "instance_reported" for e in daemon.log_events()), 120, "the first report")
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0
+    stopped = counts()
+    assert stopped["failed"] == 0 and stopped["processing"] == 0 and stopped["reported"] < 60, stopped
+    daemon.start()
+    _wait(lambda: counts()["reported"] == 60, 180, "the rest after the restart")
+    assert counts()["failed"] == 0
