@@ -149,6 +149,11 @@ class Destination(_Section):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     tls: DestinationTLSSettings = Field(default_factory=DestinationTLSSettings)
+    storage_commitment: bool = Field(
+        False,
+        description="ask for storage commitment after each batch; an object is delivered only once committed "
+        "(the PACS must know our AE title, host and port to send its report)",
+    )
 
 
 class EgressSettings(_Section):
@@ -160,6 +165,9 @@ class EgressSettings(_Section):
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles each attempt")
     retry_max_s: float = Field(600.0, gt=0, description="longest delay between attempts")
     poll_s: float = Field(2.0, gt=0, description="how often the outbox is scanned for due retries")
+    commitment_timeout_s: float = Field(
+        600.0, gt=0, description="no storage commitment report this long after the request: send the objects again"
+    )
 
 
 class QualitySettings(_Section):

@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cds_daemon.commitment import STORAGE_COMMITMENT_PUSH
 from cds_daemon.config import ListenerSettings
 from cds_daemon.dicom_accept import (
     ACCEPTED_SOP_CLASSES,
@@ -57,9 +58,11 @@ class Listener:
         store: Store,
         spool: Spool,
         on_received: Callable[[], None] = lambda: None,
+        on_commitment_report: Callable[[int, Dataset], int] | None = None,
     ) -> None:
         self.settings = settings
         self.on_received = on_received
+        self.on_commitment_report = on_commitment_report
         self.store = store
         self.spool = spool
         self._server: ThreadedAssociationServer | None = None
@@ -79,6 +82,9 @@ class Listener:
         ae.network_timeout = s.network_timeout_s
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
+        # A PACS answers a storage commitment request on an association of its own, proposing
+        # the SCP role for itself (PS3.4 J.3.3): accept it so its N-EVENT-REPORT reaches egress.
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
@@ -101,6 +107,7 @@ class Listener:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_EVENT_REPORT, self._on_event_report),
         ]
         self._server = self.ae.start_server(
             (self.settings.bind_address, self.settings.port),
@@ -163,6 +170,11 @@ class Listener:
         finally:
             with self._handshake_lock:
                 self._handshaking.discard(sock)
+
+    def _on_event_report(self, event: Event) -> tuple[int, None]:
+        if self.on_commitment_report is None or event.request.AffectedSOPClassUID != STORAGE_COMMITMENT_PUSH:
+            return 0x0118, None  # no such SOP class
+        return self.on_commitment_report(int(event.event_type or 0), event.event_information), None
 
     def _on_requested(self, event: Event) -> None:
         requestor = event.assoc.requestor

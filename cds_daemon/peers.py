@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -22,12 +24,17 @@ class EchoResult:
 
 
 def associate(
-    destination: Destination, calling_ae: str, timeout_s: float, contexts: list[tuple[str, str | None]]
+    destination: Destination,
+    calling_ae: str,
+    timeout_s: float,
+    contexts: list[tuple[str, str | None]],
+    handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
 ) -> Association | str:
     """An established association to ``destination`` (TLS as configured), or why there is none.
 
     ``contexts`` are (abstract syntax, transfer syntax or None for pynetdicom's defaults), one
-    presentation context each. Never raises for network problems.
+    presentation context each; ``handlers`` are pynetdicom event handlers bound to it (e.g. for
+    an N-EVENT-REPORT the peer may send on it). Never raises for network problems.
     """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
@@ -39,7 +46,11 @@ def associate(
     tls = client_context(destination.tls)
     try:
         assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, tls_args=(tls, None) if tls else None
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=(tls, None) if tls else None,
+            evt_handlers=handlers or None,
         )
     except OSError as exc:
         return f"cannot connect: {exc}"

@@ -118,7 +118,11 @@ class Service:
         if s.web.enabled:
             self._start_web()
         self.listener = Listener(
-            s.listener, self.store, self.spool, on_received=self.worker.wake if self.worker else lambda: None
+            s.listener,
+            self.store,
+            self.spool,
+            on_received=self.worker.wake if self.worker else lambda: None,
+            on_commitment_report=self.egress.commitment_report,
         )
         try:
             self.listener.start()

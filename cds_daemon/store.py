@@ -151,12 +151,16 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE instances ADD COLUMN purged_at TEXT;
     CREATE INDEX instances_purge ON instances (state, updated_at);
     """,
+    """
+    ALTER TABLE outbox ADD COLUMN commit_txn TEXT;
+    CREATE INDEX outbox_commit ON outbox (commit_txn);
+    """,
 )
 
 
 _OUTBOX_SELECT = (
     "SELECT id, sop_instance_uid, kind, object_uid, sop_class_uid, destination, path, state,"
-    " attempts, next_attempt_at, last_error FROM outbox"
+    " attempts, next_attempt_at, last_error, commit_txn FROM outbox"
 )
 
 
@@ -213,6 +217,7 @@ class OutboxItem:
     attempts: int
     next_attempt_at: str
     last_error: str | None
+    commit_txn: str | None = None  # stored, waiting for the PACS's storage commitment report
 
 
 @dataclass(frozen=True)
@@ -586,8 +591,8 @@ class Store:
                 "SELECT sop_instance_uid, kind, destination FROM outbox WHERE id = ?", (item_id,)
             ).fetchone()
             db.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_error = NULL, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + (commit_txn IS NULL), last_error = NULL,"
+                " updated_at = ? WHERE id = ?",
                 (utcnow(), item_id),
             )
             uid = row["sop_instance_uid"]
@@ -604,10 +609,31 @@ class Store:
     def mark_retry(self, item_id: int, error: str, next_attempt_at: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?,"
+                " commit_txn = NULL WHERE id = ?",
                 (error[:500], next_attempt_at, utcnow(), item_id),
             )
+
+    def mark_awaiting_commitment(self, item_ids: list[int], transaction_uid: str, resend_at: str) -> None:
+        """Stored at the PACS, not yet committed: still pending, sent again at ``resend_at`` unless a report comes."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = NULL, next_attempt_at = ?, updated_at = ?,"
+                " commit_txn = ? WHERE id = ? AND state = 'pending'",
+                [(resend_at, utcnow(), transaction_uid, i) for i in item_ids],
+            )
+            for i in item_ids:
+                row = db.execute("SELECT sop_instance_uid, kind FROM outbox WHERE id = ?", (i,)).fetchone()
+                uid, action = row["sop_instance_uid"], f"commitment-requested:{row['kind']}"
+                self._audit(db, "egress", action, uid, transaction_uid)
+
+    def commitment_items(self, transaction_uid: str) -> list[OutboxItem]:
+        """The pending items a storage commitment transaction covers (none once it was superseded)."""
+        with self._lock:
+            rows = self._db.execute(
+                _OUTBOX_SELECT + " WHERE commit_txn = ? AND state = 'pending' ORDER BY id", (transaction_uid,)
+            ).fetchall()
+        return [OutboxItem(**dict(r)) for r in rows]
 
     def mark_dead(self, item_id: int, error: str, *, actor: str) -> None:
         with self._tx() as db:
@@ -624,8 +650,12 @@ class Store:
     def outbox_counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+            awaiting = self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND commit_txn IS NOT NULL"
+            ).fetchone()[0]
         counts = {"pending": 0, "delivered": 0, "dead": 0}
         counts.update({r[0]: r[1] for r in rows})
+        counts["awaiting_commitment"] = awaiting  # included in pending
         return counts
 
     def dead_letters(self, limit: int = 50) -> list[OutboxItem]:

@@ -17,7 +17,7 @@ import pytest
 from cds_daemon.bundle import read_manifest
 from cds_daemon.reports.uids import derived_uid
 from tests.support.dicom_files import write_images
-from tests.support.processes import STORESCU_PROPOSE, DaemonProcess, OrthancProcess, storescu
+from tests.support.processes import DAEMON_AE, STORESCU_PROPOSE, DaemonProcess, OrthancProcess, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +219,28 @@ def test_sigterm_mid_burst_drains_and_resumes(
     daemon.start()
     _wait(lambda: counts()["reported"] == 60, 180, "the rest after the restart")
     assert counts()["failed"] == 0
+
+
+def test_storage_commitment_end_to_end(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """With storage commitment on, the daemon counts its reports delivered once Orthanc has committed them."""
+    daemon = make_daemon(bundle=tiny_bundle, extra_config=FAST_EGRESS)
+    pacs = OrthancProcess(workdir=tmp_path / "orthanc", modalities={"cds": (DAEMON_AE, daemon.port)}).start()
+    try:
+        daemon.destinations = [("pacs", "ORTHANC", pacs.dicom_port)]
+        daemon.destination_options = {"pacs": {"storage_commitment": True}}
+        daemon.start()
+        files = write_images(tmp_path / "in", 3, seed=9500)
+        assert storescu(daemon.port, *files).returncode == 0
+        _wait(
+            lambda: json.loads(daemon.cli("status", "--json").stdout)["instances"]["delivered"] == 3,
+            120,
+            "every instance committed",
+        )
+        events = [e for e in daemon.log_events() if e["event"] in ("commitment_requested", "commitment_report")]
+        assert {e["event"] for e in events} == {"commitment_requested", "commitment_report"}
+        assert sum(e["committed"] for e in events if e["event"] == "commitment_report") >= 6  # SR + SC (+ KOS) each
+        assert json.loads(daemon.cli("status", "--json").stdout)["outbox"]["awaiting_commitment"] == 0
+    finally:
+        pacs.stop()

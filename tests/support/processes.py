@@ -68,6 +68,7 @@ class DaemonProcess:
     destinations: list[tuple[str, str, int]] = field(default_factory=list)
     listener_tls: dict[str, Any] | None = None
     destination_tls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    destination_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
@@ -125,6 +126,7 @@ class DaemonProcess:
                 f'ae_title = "{ae}"',
                 'host = "127.0.0.1"',
                 f"port = {port}",
+                *_toml_pairs(self.destination_options.get(name, {})),
             ]
             if name in self.destination_tls:
                 lines += ["[destinations.tls]", *_toml_pairs(self.destination_tls[name])]
