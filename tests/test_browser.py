@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from cds_daemon.reports.uids import derived_uid
 from dicom_fixtures.synth import make_bad_field, make_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
 from tests.support.processes import REPO, DaemonProcess, OrthancProcess, free_port, storescu, wait_for_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,6 @@ CHROME_FLAGS = (
     "--window-size=1600,1080",
 )
 PASSWORD = "a long password"
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _cli(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,7 +79,7 @@ def _send_case(daemon: DaemonProcess, out: Path) -> list[str]:
         counts = json.loads(daemon.cli("status", "--json").stdout)["instances"]
         return counts["received"] == counts["processing"] == 0 and counts["reported"] + counts["delivered"] >= 2
 
-    _wait(reported, 120, "the images to be analysed")
+    wait_until(reported, 120, "the images to be analysed")
     if not json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"]:
         ds = wrap_image(make_bad_field("blank", seed), "vl-microscopic", seed=seed, instance_number=3)
         blank = write_dicom(ds, out / "3.dcm")
@@ -98,7 +88,7 @@ def _send_case(daemon: DaemonProcess, out: Path) -> list[str]:
     def waiting() -> list[dict[str, object]]:
         return list(json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"])
 
-    items = _wait(waiting, 120, "a referred case")
+    items = wait_until(waiting, 120, "a referred case")
     return list(items[0]["images"])  # type: ignore[index]
 
 
@@ -128,17 +118,21 @@ def test_reviewer_confirms_in_the_browser_and_the_verified_sr_arrives_in_orthanc
     d.find_element(By.ID, "username").send_keys("dr.ana")
     d.find_element(By.ID, "password").send_keys(PASSWORD)
     d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
-    _wait(lambda: d.find_elements(By.ID, "start-review"), 30, "the worklist")
+    wait_until(lambda: d.find_elements(By.ID, "start-review"), 30, "the worklist")
     assert "FIXTURE" in d.page_source  # the patient is shown to the logged-in reviewer
     d.find_element(By.ID, "start-review").click()
 
-    _wait(lambda: d.execute_script("return document.getElementById('image').naturalWidth") == 1024, 60, "the image")
+    wait_until(
+        lambda: d.execute_script("return document.getElementById('image').naturalWidth") == 1024, 60, "the image"
+    )
     uid = d.find_element(By.CSS_SELECTOR, "input[name=image]").get_attribute("value")
     assert uid in images
     heat = d.find_element(By.ID, "heatmap")
     assert "hidden" in heat.get_attribute("class")
     ActionChains(d).send_keys("h").perform()  # the keyboard shortcut toggles the heatmap layer
-    _wait(lambda: d.execute_script("return document.getElementById('heatmap').naturalWidth") > 0, 60, "the heatmap")
+    wait_until(
+        lambda: d.execute_script("return document.getElementById('heatmap').naturalWidth") > 0, 60, "the heatmap"
+    )
     assert "hidden" not in heat.get_attribute("class") and d.find_element(By.ID, "heat-toggle").is_selected()
     zoom_before = d.find_element(By.ID, "zoom-level").text
     d.find_element(By.ID, "zoom-in").click()
@@ -151,10 +145,10 @@ def test_reviewer_confirms_in_the_browser_and_the_verified_sr_arrives_in_orthanc
         shutil.copyfile(shot, REPO / "docs" / "review_case_view.png")
 
     ActionChains(d).send_keys("c").perform()  # confirm: the common path, one key
-    _wait(lambda: "Decision recorded" in d.page_source or "Case complete" in d.page_source, 30, "the decision")
+    wait_until(lambda: "Decision recorded" in d.page_source or "Case complete" in d.page_source, 30, "the decision")
 
     review_uid = derived_uid(uid, version, "review-sr:1")
-    orthanc_id = _wait(lambda: orthanc.instance_id(review_uid), 60, "the verified SR in Orthanc")
+    orthanc_id = wait_until(lambda: orthanc.instance_id(review_uid), 60, "the verified SR in Orthanc")
     sr = pydicom.dcmread(io.BytesIO(orthanc.file(str(orthanc_id))))
     assert sr.VerificationFlag == "VERIFIED"
     assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Smith^Ana"

@@ -18,19 +18,11 @@ from cds_daemon.bundle import read_manifest
 from cds_daemon.reports.uids import derived_uid
 from tests.support.dicom_files import write_images
 from tests.support.processes import DAEMON_AE, STORESCU_PROPOSE, DaemonProcess, OrthancProcess, storescu
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 FAST_EGRESS = "[egress]\nretry_base_s = 0.3\nretry_max_s = 1.0\npoll_s = 0.5\ntimeout_s = 5\n"
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _start(make_daemon: Callable[..., DaemonProcess], bundle: Path, pacs: OrthancProcess) -> DaemonProcess:
@@ -67,11 +59,19 @@ def test_images_come_back_as_sr_sc_and_kos(
         src = pydicom.dcmread(path)
         uid = str(src.SOPInstanceUID)
 
-        def complete(uid: str = uid) -> bool:
-            out = _outputs(orthanc, uid, version)
-            return out["sr"] is not None and out["sc"] is not None
+        def reported_event(uid: str = uid) -> dict | None:
+            found = [
+                e for e in daemon.log_events() if e["event"] == "instance_reported" and e["sop_instance_uid"] == uid
+            ]
+            return found[0] if found else None
 
-        _wait(complete, 120, f"SR and SC for {path.name}")
+        referred = wait_until(reported_event, 120, f"the report of {path.name}")["referred"]
+        expected = {"sr", "sc", "kos"} if referred else {"sr", "sc"}
+
+        def complete(uid: str = uid, expected: set[str] = expected) -> bool:
+            return {kind for kind, found in _outputs(orthanc, uid, version).items() if found} >= expected
+
+        wait_until(complete, 120, f"{sorted(expected)} for {path.name}")
         out = _outputs(orthanc, uid, version)
         sr = hd.sr.srread(io.BytesIO(orthanc.file(out["sr"])))  # type: ignore[arg-type]
         sc = pydicom.dcmread(io.BytesIO(orthanc.file(out["sc"])))  # type: ignore[arg-type]
@@ -97,7 +97,7 @@ def test_images_come_back_as_sr_sc_and_kos(
         counts = json.loads(daemon.cli("status", "--json").stdout)
         return counts["instances"]["delivered"] == len(sources)
 
-    _wait(all_delivered, 60, "every instance delivered")
+    wait_until(all_delivered, 60, "every instance delivered")
 
 
 def test_resend_creates_no_duplicate(
@@ -108,8 +108,8 @@ def test_resend_creates_no_duplicate(
     files = write_images(tmp_path / "in", 2, seed=400)
     assert storescu(daemon.port, *files).returncode == 0
     uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
-    _wait(lambda: all(_outputs(orthanc, u, version)["sr"] for u in uids), 120, "first results")
-    _wait(lambda: json.loads(daemon.cli("status", "--json").stdout)["instances"]["delivered"] == 2, 60, "delivery")
+    wait_until(lambda: all(_outputs(orthanc, u, version)["sr"] for u in uids), 120, "first results")
+    wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["instances"]["delivered"] == 2, 60, "delivery")
     before = len(orthanc.instances())
     assert storescu(daemon.port, *files).returncode == 0
     time.sleep(3)
@@ -124,11 +124,13 @@ def test_pacs_outage_outputs_arrive_after_restart(
     daemon = _start(make_daemon, tiny_bundle, pacs)  # PACS not started yet: it is "down"
     files = write_images(tmp_path / "in", 2, seed=500)
     assert storescu(daemon.port, *files).returncode == 0
-    _wait(lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery attempt")
+    wait_until(
+        lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery attempt"
+    )
     pacs.start()
     try:
         uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
-        _wait(lambda: all(_outputs(pacs, u, version)["sr"] for u in uids), 60, "results after the PACS returned")
+        wait_until(lambda: all(_outputs(pacs, u, version)["sr"] for u in uids), 60, "results after the PACS returned")
     finally:
         pacs.stop()
 
@@ -149,7 +151,7 @@ def test_undecodable_image_fails_alone(
         counts = json.loads(daemon.cli("status", "--json").stdout)["instances"]
         return counts["failed"] == 1 and counts["delivered"] + counts["reported"] == 1
 
-    _wait(settled, 120, "one failed, one reported")
+    wait_until(settled, 120, "one failed, one reported")
     failed = [e for e in daemon.log_events() if e["event"] == "instance_failed"]
     assert failed and "decode" in failed[0]["reason"]
 
@@ -167,16 +169,16 @@ def test_helper_process_killed_mid_burst_loses_nothing(
     def counts() -> dict[str, int]:
         return json.loads(daemon.cli("status", "--json").stdout)["instances"]
 
-    _wait(lambda: counts()["reported"] + counts()["delivered"] >= 3, 120, "the first reports")
+    wait_until(lambda: counts()["reported"] + counts()["delivered"] >= 3, 120, "the first reports")
     os.kill(helper, signal.SIGKILL)
-    _wait(lambda: counts()["delivered"] == 30, 240, "all 30 delivered")
+    wait_until(lambda: counts()["delivered"] == 30, 240, "all 30 delivered")
     assert counts()["failed"] == 0
     events = [e["event"] for e in daemon.log_events()]
     assert "offload_restarted" in events
     assert "cds_helper_restarts_total 1.0" in daemon.http("/metrics")[1]
     late = write_images(tmp_path / "late", 1, seed=9701)
     assert storescu(daemon.port, *late).returncode == 0
-    _wait(lambda: counts()["delivered"] == 31, 120, "an image sent after the restart")
+    wait_until(lambda: counts()["delivered"] == 31, 120, "an image sent after the restart")
     for f in [*files, *late]:
         uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
         assert _outputs(orthanc, uid, version)["sr"] is not None
@@ -184,7 +186,7 @@ def test_helper_process_killed_mid_burst_loses_nothing(
     helpers = _helpers_of(daemon.proc.pid)
     assert helpers and helper not in helpers
     daemon.kill()  # SIGKILL: the daemon cannot stop its helper, which must notice and leave by itself
-    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), 10, "the orphaned helper to exit")
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), 10, "the orphaned helper to exit")
 
 
 def _helpers_of(parent: int) -> list[int]:
@@ -212,12 +214,12 @@ def test_sigterm_mid_burst_drains_and_resumes(
     def counts() -> dict[str, int]:
         return json.loads(daemon.cli("status", "--json").stdout)["instances"]
 
-    _wait(lambda: any(e["event"] == "instance_reported" for e in daemon.log_events()), 120, "the first report")
+    wait_until(lambda: any(e["event"] == "instance_reported" for e in daemon.log_events()), 120, "the first report")
     assert daemon.stop(signal.SIGTERM, timeout=60) == 0
     stopped = counts()
     assert stopped["failed"] == 0 and stopped["processing"] == 0 and stopped["reported"] < 60, stopped
     daemon.start()
-    _wait(lambda: counts()["reported"] == 60, 180, "the rest after the restart")
+    wait_until(lambda: counts()["reported"] == 60, 180, "the rest after the restart")
     assert counts()["failed"] == 0
 
 
@@ -233,7 +235,7 @@ def test_storage_commitment_end_to_end(
         daemon.start()
         files = write_images(tmp_path / "in", 3, seed=9500)
         assert storescu(daemon.port, *files).returncode == 0
-        _wait(
+        wait_until(
             lambda: json.loads(daemon.cli("status", "--json").stdout)["instances"]["delivered"] == 3,
             120,
             "every instance committed",

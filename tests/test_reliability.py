@@ -34,19 +34,11 @@ from tests.support.processes import (
     send_raw,
     storescu,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAST_EGRESS = "[egress]\nretry_base_s = 0.3\nretry_max_s = 2.0\npoll_s = 0.5\ntimeout_s = 5\nmax_attempts = 1000\n"
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _status(d: DaemonProcess) -> dict:
@@ -117,7 +109,7 @@ def test_chaos_sigkill_while_sending(
     assert len(acked) == len(files) and kills >= n_kills
 
     uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-    _wait(lambda: _status(daemon)["instances"]["delivered"] == len(files), 900, "every instance delivered")
+    wait_until(lambda: _status(daemon)["instances"]["delivered"] == len(files), 900, "every instance delivered")
     status = _status(daemon)
     assert status["instances"]["failed"] == 0 and status["outbox"]["dead"] == 0
 
@@ -152,17 +144,19 @@ def test_pacs_outage_while_images_arrive(
         write_images(tmp_path / name, 8, seed=seed) for name, seed in (("a", 9100), ("b", 9200), ("c", 9300))
     )
     assert len(_send_acked(daemon.port, before)) == 8
-    _wait(lambda: _status(daemon)["instances"]["delivered"] == 8, 120, "the first images delivered")
+    wait_until(lambda: _status(daemon)["instances"]["delivered"] == 8, 120, "the first images delivered")
     orthanc.stop()
     down_at = time.monotonic()
     assert len(_send_acked(daemon.port, during)) == 8
-    _wait(lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery")
+    wait_until(lambda: any(e["event"] == "object_send_failed" for e in daemon.log_events()), 60, "a failed delivery")
     time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
     assert _status(daemon)["instances"]["delivered"] == 8, "nothing can be delivered while the PACS is down"
     orthanc.start()
     outage = time.monotonic() - down_at
     assert len(_send_acked(daemon.port, after)) == 8
-    _wait(lambda: _status(daemon)["instances"]["delivered"] == 24, 180, "every instance delivered after the outage")
+    wait_until(
+        lambda: _status(daemon)["instances"]["delivered"] == 24, 180, "every instance delivered after the outage"
+    )
     drained = time.monotonic() - down_at - outage
     status = _status(daemon)
     assert status["instances"]["failed"] == 0 and status["outbox"]["dead"] == 0
@@ -191,7 +185,7 @@ def test_pacs_never_returns_dead_letters(
         extra_config="[egress]\nretry_base_s = 0.1\nretry_max_s = 0.2\npoll_s = 0.2\ntimeout_s = 2\nmax_attempts = 3\n",
     ).start()
     assert storescu(daemon.port, *write_images(tmp_path / "in", 1, seed=9500)).returncode == 0
-    _wait(lambda: _status(daemon)["outbox"]["dead"] >= 2, 120, "dead-lettered results")
+    wait_until(lambda: _status(daemon)["outbox"]["dead"] >= 2, 120, "dead-lettered results")
     status = _status(daemon)
     assert status["dead_letters"] and all(d["attempts"] == 3 for d in status["dead_letters"])
     assert any(e["event"] == "object_dead_lettered" and e["level"] == "error" for e in daemon.log_events())
@@ -243,7 +237,7 @@ def test_broken_input_corpus(
         states = _status(daemon)["instances"]
         return states["received"] + states["processing"] == 0
 
-    _wait(settled, 300, "the accepted corpus items to be processed")
+    wait_until(settled, 300, "the accepted corpus items to be processed")
     version = read_manifest(tiny_bundle).version
     for name, uid in accepted.items():
         expected = by_name[name].expected_outcome
@@ -254,7 +248,7 @@ def test_broken_input_corpus(
             reported = [e for e in events if e["event"] == "instance_reported"]
             assert reported and reported[-1]["referred"], name
             assert any(r.startswith("quality_") for r in reported[-1]["reasons"]), name
-            _wait(lambda uid=uid: orthanc.instance_id(derived_uid(uid, version, "kos")) is not None, 60, "KOS")
+            wait_until(lambda uid=uid: orthanc.instance_id(derived_uid(uid, version, "kos")) is not None, 60, "KOS")
     assert daemon.proc is not None and daemon.proc.poll() is None
     assert _rss_mb(daemon.proc.pid) < 2000, "memory must stay bounded"
 

@@ -27,6 +27,7 @@ from tests.support.processes import (
     echoscu,
     storescu,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,15 +75,6 @@ def _handshake_failures(d: DaemonProcess) -> list[str]:
     return [str(e["reason"]) for e in d.log_events() if e["event"] == "tls_handshake_failed"]
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 # --- the listener -------------------------------------------------------------------------------
 
 
@@ -123,7 +115,7 @@ def test_refused_at_the_handshake_and_still_serving(
     assert r.returncode != 0
     assert _rows(d, "SELECT COUNT(*) FROM instances") == [(0,)]
     assert _spooled(d) == []
-    _wait(lambda: any(f.startswith(reason) for f in _handshake_failures(d)), 5, f"a {reason} handshake failure")
+    wait_until(lambda: any(f.startswith(reason) for f in _handshake_failures(d)), 5, f"a {reason} handshake failure")
     assert not any(e["event"] in ("association_rejected", "echo", "instance_received") for e in d.log_events())
     # The daemon keeps serving: a trusted caller stores right after.
     assert d.proc is not None and d.proc.poll() is None
@@ -165,7 +157,7 @@ def test_tls_profiles_and_versions(make_daemon: Callable[..., DaemonProcess], pk
             timeout=30,
         )
         assert (r.returncode == 0) == accepted, f"{version}: {r.stderr}"
-    _wait(lambda: "UNSUPPORTED_PROTOCOL" in _handshake_failures(d), 5, "an UNSUPPORTED_PROTOCOL handshake failure")
+    wait_until(lambda: "UNSUPPORTED_PROTOCOL" in _handshake_failures(d), 5, "an UNSUPPORTED_PROTOCOL handshake failure")
 
 
 def test_silent_connection_blocks_nobody(make_daemon: Callable[..., DaemonProcess], pki: TestPKI) -> None:
@@ -281,8 +273,8 @@ def test_reports_are_sent_over_tls(
     uid = str(pydicom.dcmread(source).SOPInstanceUID)
     sr_uid, sc_uid = derived_uid(uid, version, "sr"), derived_uid(uid, version, "sc")
 
-    _wait(lambda: all(tls_pacs.instance_id(u) for u in (sr_uid, sc_uid)), 60, "SR and SC in the PACS")
-    _wait(lambda: {sr_uid, sc_uid} <= _received_uids(tls_archive), 30, "SR and SC in the archive")
+    wait_until(lambda: all(tls_pacs.instance_id(u) for u in (sr_uid, sc_uid)), 60, "SR and SC in the PACS")
+    wait_until(lambda: {sr_uid, sc_uid} <= _received_uids(tls_archive), 30, "SR and SC in the archive")
 
     def outbox() -> dict[str, list[tuple[str, int, str | None]]]:
         by_dest: dict[str, list[tuple[str, int, str | None]]] = {}
@@ -294,7 +286,7 @@ def test_reports_are_sent_over_tls(
         rows = outbox().get("rogue", [])
         return bool(rows) and all(attempts >= 2 for _, attempts, _ in rows)
 
-    _wait(rogue_retried, 30, "retries to the rogue destination")
+    wait_until(rogue_retried, 30, "retries to the rogue destination")
     rows = outbox()
     assert {s for s, _, _ in rows["pacs"]} == {"delivered"}
     assert {s for s, _, _ in rows["archive"]} == {"delivered"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -14,17 +13,9 @@ import pytest
 from dicom_fixtures.synth import make_bad_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
 from tests.support.processes import DaemonProcess, free_port, storescu, wait_for_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_busy_web_port_keeps_dicom_running_but_makes_the_daemon_not_ready(
@@ -62,7 +53,7 @@ def test_daemon_serves_the_page_and_escalates_overdue_cases(
     def escalated() -> bool:
         return json.loads(daemon.cli("worklist", "list", "--json").stdout)["counts"]["escalated"] == 1
 
-    _wait(escalated, 120, "the referred case to be escalated")
+    wait_until(escalated, 120, "the referred case to be escalated")
     events = [e for e in daemon.log_events() if e["event"] == "worklist_escalated"]
     assert len(events) == 1 and events[0]["level"] == "warning" and len(events[0]["items"]) == 1
     status = daemon.cli("status")
