@@ -38,10 +38,12 @@ from cds_daemon.logs import configure_logging
 from cds_daemon.pixels import decode
 from cds_daemon.reports.uids import derived_uid
 from cds_daemon.spool import Spool
-from cds_daemon.store import NewInstance, Store
-from cds_daemon.worker import Worker, process_image
+from cds_daemon.steps import process_image
+from cds_daemon.store import Store
+from cds_daemon.worker import Worker
 from tests.support.dicom_files import write_images
 from tests.support.processes import DaemonProcess, OrthancProcess, storescu
+from tests.support.received import receive
 
 LABELS = ("benign", "indeterminate", "malignant")
 
@@ -52,28 +54,6 @@ def _inputs(root: Path, n: int) -> list[Path]:
         ts = "jpeg-baseline" if i % 2 else "explicit"
         files += write_images(root / f"in{i}", 1, ts=ts, seed=1000 + i, label=LABELS[i % 3])
     return files
-
-
-def _receive(store: Store, spool: Spool, path: Path) -> None:
-    """What ingest does for one C-STORE: durable file, then the ``received`` row."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    spooled = spool.write(str(ds.SOPInstanceUID), path.read_bytes())
-    store.record_received(
-        NewInstance(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            accession_number=str(ds.get("AccessionNumber", "")),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            calling_ae="BENCH",
-            peer_address="127.0.0.1",
-            spool_path=str(spooled.path),
-            size_bytes=spooled.size,
-            sha256=spooled.sha256,
-        ),
-        actor="bench",
-    )
 
 
 def model_only(engine: Engine, files: list[Path]) -> float:
@@ -104,7 +84,7 @@ def worker_path(engine: Engine, bundle: Path, files: list[Path], root: Path, thr
     try:
         t0 = time.perf_counter()
         for f in files:
-            _receive(store, spool, f)
+            receive(store, spool, f.read_bytes(), calling_ae="BENCH")
             worker.wake()
         if not done.wait(600):
             raise TimeoutError(f"only {reported[0]} of {len(files)} reported: {store.counts_by_state()}")
@@ -129,12 +109,15 @@ def throughput(bundle: Path, files: list[Path], root: Path, threads: int) -> Non
     model_rate_after = model_only(engine, files)
     base = (model_rate + model_rate_after) / 2
     print(f"[{threads} ONNX Runtime thread(s)]")
-    print(f"  model only (13 views + aggregator + CAM):      {base:.2f} cases/s "
-          f"(before {model_rate:.2f}, after {model_rate_after:.2f})")
-    print(f"  worker (decode -> durable SR/SC/KOS -> outbox): {worker_rate:.2f} cases/s "
-          f"({worker_rate / base:.0%} of model-only)")
-    print(f"  same steps in one thread (replay path):        {serial_rate:.2f} cases/s "
-          f"({serial_rate / base:.0%})")
+    print(
+        f"  model only (13 views + aggregator + CAM):      {base:.2f} cases/s "
+        f"(before {model_rate:.2f}, after {model_rate_after:.2f})"
+    )
+    print(
+        f"  worker (decode -> durable SR/SC/KOS -> outbox): {worker_rate:.2f} cases/s "
+        f"({worker_rate / base:.0%} of model-only)"
+    )
+    print(f"  same steps in one thread (replay path):        {serial_rate:.2f} cases/s ({serial_rate / base:.0%})")
     print("  median ms per case: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
 
 
@@ -158,8 +141,10 @@ def core_scaling(bundle: Path, files: list[Path]) -> None:
         with ctx.Pool(n) as pool:
             rates[n] = pool.starmap(_model_only_process, [(bundle, files, barrier)] * n)
     one, two = rates[1][0], sum(rates[2])
-    print(f"core scaling: model-only in 1 process {one:.2f} cases/s; in 2 processes at once "
-          f"{' + '.join(f'{r:.2f}' for r in rates[2])} = {two:.2f} cases/s ({two / one:.2f}x)")
+    print(
+        f"core scaling: model-only in 1 process {one:.2f} cases/s; in 2 processes at once "
+        f"{' + '.join(f'{r:.2f}' for r in rates[2])} = {two:.2f} cases/s ({two / one:.2f}x)"
+    )
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -196,8 +181,10 @@ def latency(bundle: Path, files: list[Path], root: Path) -> None:
         pacs.stop()
     times.sort()
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    print(f"end to end at idle (storescu send -> SR in Orthanc), n={len(times)}: "
-          f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+    print(
+        f"end to end at idle (storescu send -> SR in Orthanc), n={len(times)}: "
+        f"p50 {statistics.median(times) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms"
+    )
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from cds_daemon.bundle import BundleError
     from cds_daemon.engine import Engine
     from cds_daemon.pixels import DecodeError
-    from cds_daemon.worker import encode, prediction_record, process_image
+    from cds_daemon.steps import encode, prediction_record, process_image
 
     bundle = args.bundle or settings.model_bundle
     if bundle is None:

@@ -249,6 +249,11 @@ class StorageSettings(_Section):
         return self.data_dir / "spool"
 
     @property
+    def results_dir(self) -> Path:
+        """The SR, heatmap and KOS files the worker made, until egress has delivered them."""
+        return self.data_dir / "results"
+
+    @property
     def database(self) -> Path:
         return self.data_dir / "cds.sqlite3"
 

@@ -32,9 +32,11 @@ import numpy as np
 from cds_daemon.config import Settings
 from cds_daemon.logs import configure_logging, get_logger
 from cds_daemon.metrics import HELPER_RESTARTS
+from cds_daemon.pixels import decode
 from cds_daemon.quality import QualityResult
 from cds_daemon.reports.result import AIResult
 from cds_daemon.spool import Spool
+from cds_daemon.steps import build_objects, prepare, write_objects
 from cds_daemon.store import OutputObject
 
 __all__ = ["BrokenProcessPool", "Offload", "PreparedPixels", "ReportOutputs"]
@@ -66,7 +68,7 @@ def _init(settings: Settings, parent: int) -> None:
     configure_logging(settings.log_level)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _STATE["settings"] = settings
-    _STATE["results"] = Spool(settings.storage.data_dir / "results")
+    _STATE["results"] = Spool(settings.storage.results_dir)
     _STATE["images"] = {}
 
 
@@ -82,8 +84,6 @@ def _ready() -> int:
 
 
 def _prepare(uid: str, path: str) -> PreparedPixels:
-    from cds_daemon.worker import prepare
-
     prepared = prepare(Path(path), _STATE["settings"])
     kept: dict[str, tuple[Any, np.ndarray]] = _STATE["images"]
     kept[uid] = (prepared.dataset, prepared.rgb)
@@ -94,9 +94,6 @@ def _prepare(uid: str, path: str) -> PreparedPixels:
 
 def _report(uid: str, path: str, result: AIResult) -> ReportOutputs:
     """Build and durably write the result objects for an image this child prepared (else decode it again)."""
-    from cds_daemon.pixels import decode
-    from cds_daemon.worker import build_objects, write_objects
-
     t0 = time.perf_counter()
     kept = _STATE["images"].pop(uid, None)
     if kept is None:

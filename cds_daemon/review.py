@@ -116,7 +116,7 @@ class ReviewService:
     def __init__(self, settings: Settings, store: Store, *, on_queued: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
-        self.results = Spool(settings.storage.data_dir / "results")
+        self.results = Spool(settings.storage.results_dir)
         self.on_queued = on_queued
         self._lock = threading.Lock()  # two reviewers on one image must not get the same SR sequence number
 
@@ -208,7 +208,7 @@ class ReviewService:
         user: User,
     ) -> Decision:
         from cds_daemon.reports.sr import build_review_sr
-        from cds_daemon.worker import encode
+        from cds_daemon.steps import encode
 
         ai_class, final_class = classes
         instance = self.store.get_instance(uid)

@@ -26,9 +26,9 @@ from cds_daemon.review import (
     rebuild_ai_result,
     worklist_summary,
 )
+from cds_daemon.steps import process_image
 from cds_daemon.store import Store, WorklistItem
 from cds_daemon.web.imaging import image_png
-from cds_daemon.worker import process_image
 from tests.support.review_case import referred_case, review_settings
 
 

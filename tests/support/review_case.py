@@ -8,10 +8,11 @@ from pathlib import Path
 from cds_daemon.config import Destination, Settings, StorageSettings, WebSettings
 from cds_daemon.engine import Engine
 from cds_daemon.spool import Spool
-from cds_daemon.store import NewInstance, Store, WorklistItem
+from cds_daemon.store import Store, WorklistItem
 from cds_daemon.worker import Worker
 from dicom_fixtures.synth import make_bad_field, make_field
 from dicom_fixtures.wrap import wrap_image
+from tests.support.received import receive
 
 
 def review_settings(data_dir: Path, bundle: Path) -> Settings:
@@ -32,24 +33,7 @@ def receive_and_process(store: Store, settings: Settings, engine: Engine, pixels
         ds = wrap_image(pixels, "vl-microscopic", "explicit", seed=seed, instance_number=n)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        uid = str(ds.SOPInstanceUID)
-        spooled = spool.write(uid, buf.getvalue())
-        store.record_received(
-            NewInstance(
-                sop_instance_uid=uid,
-                sop_class_uid=str(ds.SOPClassUID),
-                study_instance_uid=str(ds.StudyInstanceUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-                accession_number=str(ds.AccessionNumber),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                calling_ae="STORESCU",
-                peer_address="127.0.0.1",
-                spool_path=str(spooled.path),
-                size_bytes=spooled.size,
-                sha256=spooled.sha256,
-            ),
-            actor="test",
-        )
+        uid = receive(store, spool, buf.getvalue())
         instance = store.claim_next(actor="test")
         assert instance is not None
         worker.handle(instance)
