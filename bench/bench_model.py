@@ -46,7 +46,7 @@ def main() -> int:
     if args.bundle is None:
         from model_build.demo import make_tiny_bundle
 
-        args.bundle = make_tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-bundle-")))
+        args.bundle = make_tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-bundle-")) / "tiny")
     engine = Engine(args.bundle, threads=args.threads)
     m = engine.manifest
     rgb = synthetic_field(768, 1024)

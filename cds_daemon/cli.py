@@ -92,6 +92,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "schema_version": store.schema_version,
             "instances": store.counts_by_state(),
             "rejections": store.rejection_counts(),
+            "recent_rejections": store.recent_rejections(),
             "outbox": store.outbox_counts(),
             "dead_letters": [
                 {
@@ -117,8 +118,10 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         for state, n in report["instances"].items():
             print(f"  {state:<11} {n}")
         print("rejections:" + ("" if report["rejections"] else " none"))
-        for reason, n in sorted(report["rejections"].items()):
-            print(f"  {n:>6}  {reason}")
+        for key, n in sorted(report["rejections"].items()):
+            print(f"  {n:>6}  {key}")
+        for r in report["recent_rejections"][:5]:
+            print(f"  latest  {r['at']}  {r['status']} from {r['calling_ae']}@{r['peer_address']}: {r['reason']}")
         print("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
         for d in report["dead_letters"]:
             print(

@@ -26,6 +26,7 @@ from cds_daemon.config import ListenerSettings
 from cds_daemon.dicom_accept import (
     ACCEPTED_SOP_CLASSES,
     ACCEPTED_TRANSFER_SYNTAXES,
+    CANNOT_UNDERSTAND,
     NotAcceptable,
     check_dataset,
 )
@@ -34,11 +35,10 @@ from cds_daemon.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
 from cds_daemon.spool import DiskFullError, Spool
 from cds_daemon.store import NewInstance, Store
 from cds_daemon.tls import describe_tls_error, handshake, server_context
+from cds_daemon.vocabulary import RefusalCode
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-NOT_MATCHING = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 log = get_logger("ingest")
 
@@ -184,13 +184,14 @@ class Listener:
             if caller.ae_title == calling:
                 if caller.permits(address):
                     return
-                reason = "calling AE title not permitted from this address"
+                code, reason = RefusalCode.CALLER_ADDRESS, "calling AE title not permitted from this address"
                 break
         else:
-            reason = "calling AE title not recognised"
-        log.warning("association_rejected", calling_ae=calling, peer=address, reason=reason)
+            code, reason = RefusalCode.CALLER_UNKNOWN, "calling AE title not recognised"
+        log.warning("association_rejected", calling_ae=calling, peer=address, code=code, reason=reason)
+        REJECTED.labels(status="0x0103", code=code).inc()
         self.store.record_rejection(
-            status=0x0103, reason=f"association: {reason}", calling_ae=calling, peer_address=address
+            status=0x0103, code=code, reason=f"association: {reason}", calling_ae=calling, peer_address=address
         )
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         # As pynetdicom does for its own rejections: let the DUL flush the A-ASSOCIATE-RJ.
@@ -210,9 +211,6 @@ class Listener:
         try:
             ds = event.dataset
             _force_parse(ds)
-        except Exception as exc:  # pydicom raises many types on malformed input
-            return self._refuse(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid)
-        try:
             header = check_dataset(
                 ds,
                 context_sop_class=context.abstract_syntax,
@@ -221,9 +219,12 @@ class Listener:
                 max_image_pixels=self.settings.max_image_pixels,
             )
         except NotAcceptable as exc:
-            return self._refuse(NOT_MATCHING, str(exc), calling, peer, context, claimed_uid)
-        except Exception as exc:
-            return self._refuse(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", calling, peer, context, claimed_uid)
+            return self._refuse(exc.status, exc.code, str(exc), calling, peer, context, claimed_uid)
+        except Exception as exc:  # pydicom raises many types on malformed input
+            reason = f"unreadable dataset: {exc}"
+            return self._refuse(
+                CANNOT_UNDERSTAND, RefusalCode.UNREADABLE_DATASET, reason, calling, peer, context, claimed_uid
+            )
 
         uid = header.sop_instance_uid
         if self.store.has_instance(uid):
@@ -235,10 +236,12 @@ class Listener:
             spooled = self.spool.write(uid, data)
         except DiskFullError as exc:
             log.error("disk_full", reason=str(exc), calling_ae=calling, sop_instance_uid=uid)
-            return self._refuse(OUT_OF_RESOURCES, f"out of resources: {exc}", calling, peer, context, uid)
+            reason = f"out of resources: {exc}"
+            return self._refuse(OUT_OF_RESOURCES, RefusalCode.OUT_OF_RESOURCES, reason, calling, peer, context, uid)
         except OSError as exc:
             log.error("spool_write_failed", reason=str(exc), sop_instance_uid=uid)
-            return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", calling, peer, context, uid)
+            reason = f"cannot store: {exc.strerror}"
+            return self._refuse(OUT_OF_RESOURCES, RefusalCode.OUT_OF_RESOURCES, reason, calling, peer, context, uid)
         self.store.record_received(
             NewInstance(
                 sop_instance_uid=uid,
@@ -277,12 +280,15 @@ class Listener:
             duplicate=duplicate,
         )
 
-    def _refuse(self, status: int, reason: str, calling: str, peer: str, context: Any, uid: str) -> Dataset:
+    def _refuse(
+        self, status: int, code: RefusalCode, reason: str, calling: str, peer: str, context: Any, uid: str
+    ) -> Dataset:
         reason = reason[:200]
-        REJECTED.labels(status=f"0x{status:04X}").inc()
+        REJECTED.labels(status=f"0x{status:04X}", code=code).inc()
         log.warning(
             "store_refused",
             status=f"0x{status:04X}",
+            code=code,
             reason=reason,
             calling_ae=calling,
             peer=peer,
@@ -291,6 +297,7 @@ class Listener:
         )
         self.store.record_rejection(
             status=status,
+            code=code,
             reason=reason,
             calling_ae=calling,
             peer_address=peer,

@@ -16,7 +16,12 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECEIVED = Counter("cds_instances_received", "Instances acknowledged (stored durably)", registry=REGISTRY)
 DUPLICATES = Counter("cds_instances_duplicate", "Resends of known SOPInstanceUIDs", registry=REGISTRY)
-REJECTED = Counter("cds_stores_rejected", "C-STOREs refused, by status", ["status"], registry=REGISTRY)
+REJECTED = Counter(
+    "cds_stores_rejected",
+    "Associations and C-STOREs refused, by status and code",
+    ["status", "code"],
+    registry=REGISTRY,
+)
 STORE_SECONDS = Histogram(
     "cds_store_handler_seconds",
     "C-STORE handler time until the response (durable write included)",
@@ -60,9 +65,12 @@ class StoreCollector(Collector):
         for status, n in self.store.worklist_counts().items():
             worklist.add_metric([status], n)
         yield worklist
-        rejections = GaugeMetricFamily("cds_rejections", "Refused stores and associations by reason", labels=["reason"])
-        for reason, n in self.store.rejection_counts().items():
-            rejections.add_metric([reason], n)
+        rejections = GaugeMetricFamily(
+            "cds_rejections", "Refused stores and associations (all time) by status and code", labels=["status", "code"]
+        )
+        for key, n in self.store.rejection_counts().items():
+            status, code = key.split(" ", 1)
+            rejections.add_metric([status, code], n)
         yield rejections
         rates = self.store.referral_stats()
         yield GaugeMetricFamily(

@@ -31,10 +31,20 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return ((arr.astype(np.float32) - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
 
 
+def _fill_planar_configuration(ds: pydicom.Dataset) -> None:
+    """Scanners often omit Planar Configuration for compressed colour data, where it means nothing
+    (the codestream decides the layout, and the decoders hand back interleaved samples): assume 0,
+    as dcmtk does, instead of refusing to decode."""
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    if compressed and int(ds.get("SamplesPerPixel", 1) or 1) > 1 and "PlanarConfiguration" not in ds:
+        ds.PlanarConfiguration = 0
+
+
 def decode(path: Path) -> DecodedImage:
-    """Read and decode the first frame; YBR is converted to RGB, grayscale is replicated."""
+    """Read and decode the first frame; YBR (native 4:2:2 too) becomes RGB, grayscale is replicated."""
     try:
         ds = pydicom.dcmread(path)
+        _fill_planar_configuration(ds)
         arr = ds.pixel_array
     except Exception as exc:  # pydicom and the pylibjpeg plugins raise many exception types
         raise DecodeError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc

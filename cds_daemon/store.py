@@ -155,6 +155,9 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox ADD COLUMN commit_txn TEXT;
     CREATE INDEX outbox_commit ON outbox (commit_txn);
     """,
+    """
+    ALTER TABLE rejections ADD COLUMN code TEXT;
+    """,
 )
 
 
@@ -908,6 +911,7 @@ class Store:
         self,
         *,
         status: int,
+        code: str,
         reason: str,
         calling_ae: str | None,
         peer_address: str | None,
@@ -917,19 +921,26 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO rejections (at, calling_ae, peer_address, sop_class_uid, sop_instance_uid,"
-                " status, reason) VALUES (?,?,?,?,?,?,?)",
-                (utcnow(), calling_ae, peer_address, sop_class_uid, sop_instance_uid, status, reason),
+                " status, code, reason) VALUES (?,?,?,?,?,?,?,?)",
+                (utcnow(), calling_ae, peer_address, sop_class_uid, sop_instance_uid, status, code, reason),
             )
 
     def rejection_counts(self) -> dict[str, int]:
-        """Rejections grouped by status code (hex string) and the first words of the reason."""
+        """Rejections grouped by status (hex) and refusal code, e.g. ``{"0xA900 no_pixel_data": 2}``."""
         with self._lock:
-            rows = self._db.execute("SELECT status, reason FROM rejections").fetchall()
-        counts: dict[str, int] = {}
-        for status, reason in rows:
-            key = f"0x{status:04X} {reason.split(':', 1)[0]}"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+            rows = self._db.execute(
+                "SELECT status, COALESCE(code, 'unknown'), COUNT(*) FROM rejections GROUP BY status, code"
+            ).fetchall()
+        return {f"0x{status:04X} {code}": n for status, code, n in rows}
+
+    def recent_rejections(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest refusals with their full reasons (for ``status``; reasons name no patient data)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, calling_ae, peer_address, status, code, reason FROM rejections ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [dict(r) | {"status": f"0x{r['status']:04X}"} for r in rows]
 
     def audit(self, actor: str, action: str, sop_instance_uid: str | None = None, **detail: Any) -> None:
         with self._tx() as db:

@@ -1,44 +1,53 @@
 #!/usr/bin/env bash
 # One command on a fresh Debian machine: set up, build the demo model bundle (once, cached in
-# var/demo-bundle; about 15 minutes on 2 cores), start a demo PACS (Orthanc on 4242/8042) and
-# cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112), send sample microscope
-# images with dcmtk's storescu, and show the results that came back into the PACS.
+# var/demo-bundle; about 12 minutes on 2 cores), start a demo PACS (Orthanc on 4242/8042) and
+# cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112, data in var/data), send
+# sample microscope images with dcmtk's storescu, and show the results that came back into the PACS.
 #   bash deploy/demo.sh           keeps both running until Ctrl-C
-#   bash deploy/demo.sh --once    stops them after showing the result
+#   bash deploy/demo.sh --once    stops them after showing the result (exit 1 if a result is missing)
+#   CDS_DEMO_BUNDLE=tiny bash deploy/demo.sh --once
+#                                 the same run with a barely trained bundle built in under a minute
+#                                 (var/demo-bundle-tiny): what CI runs
+# Each run starts from an empty demo PACS and daemon data directory (var/demo, var/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
 
 bash deploy/setup.sh
 PY=.venv/bin/python
-BUNDLE=var/demo-bundle
-if [ ! -f "$BUNDLE/manifest.json" ]; then
-  echo "demo: building the demo model bundle from synthetic data (first run only)"
-  rm -rf "$BUNDLE.tmp"
-  $PY -m model_build demo-bundle "$BUNDLE.tmp"
-  mv "$BUNDLE.tmp" "$BUNDLE"
-fi
+case "${CDS_DEMO_BUNDLE:-full}" in
+  full) BUNDLE=var/demo-bundle; BUILD=(); WHAT="the demo model bundle (first run only, about 12 minutes)" ;;
+  tiny) BUNDLE=var/demo-bundle-tiny; BUILD=(--tiny); WHAT="the tiny demo bundle (barely trained, under a minute)" ;;
+  *) echo "demo: CDS_DEMO_BUNDLE must be full or tiny, not '$CDS_DEMO_BUNDLE'" >&2; exit 2 ;;
+esac
+echo "demo: $WHAT in $BUNDLE"
+# Reuses a finished bundle; writes a new one in one rename, so an interrupted build leaves none.
+$PY -m model_build demo-bundle "$BUNDLE" "${BUILD[@]}"
 export CDS_MODEL_BUNDLE=$BUNDLE
-rm -rf var/demo/samples
+
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "demo: nothing listening on port $1; the last lines of var/demo/*.log:" >&2
+  tail -n 5 var/demo/*.log >&2
+  exit 1
+}
+for port in 4242 8042 11112 8043 8044; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo: port $port is already in use; stop what runs there (a system Orthanc? an earlier demo?) and retry" >&2
+    exit 1
+  fi
+done
+
+rm -rf var/demo var/data
 mkdir -p var/demo/orthanc var/demo/samples/explicit var/demo/samples/jpeg
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "demo: nothing listening on port $1 (see var/demo/*.log)" >&2; exit 1
-}
-for port in 4242 8042 11112; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "demo: port $port is already in use; stop what runs there (a system Orthanc?) and retry" >&2; exit 1
-  fi
-done
-
-echo "demo: starting Orthanc (DICOM 4242, web http://127.0.0.1:8042)"
+echo "demo: starting Orthanc (DICOM 4242, web http://127.0.0.1:8042, storage in var/demo/orthanc)"
 /usr/sbin/Orthanc deploy/orthanc-demo.json > var/demo/orthanc.log 2>&1 & pids+=($!)
 echo "demo: starting cds-daemon (AE THYROID_CDS, port 11112, data in var/data)"
 .venv/bin/cds-daemon serve > var/demo/daemon.log 2>&1 & pids+=($!)
@@ -54,8 +63,9 @@ storescu -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/jpe
 echo "demo: received by the daemon (JSON log lines):"
 grep '"instance_received"' var/demo/daemon.log | tail -n 6
 echo "demo: waiting for the results to reach the PACS"
+counts() { .venv/bin/cds-daemon status --json | $PY -c "$1"; }
 for _ in $(seq 1 240); do
-  pending=$(.venv/bin/cds-daemon status --json | $PY -c 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["received"]+s["instances"]["processing"]+s["outbox"]["pending"])')
+  pending=$(counts 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["received"]+s["instances"]["processing"]+s["outbox"]["pending"])')
   [ "$pending" -eq 0 ] && break
   sleep 0.5
 done
@@ -63,6 +73,13 @@ $PY deploy/demo_summary.py var/demo/daemon.log http://127.0.0.1:8042
 .venv/bin/cds-daemon status
 sr=$(grep -l -a "AI cytology result" var/data/results/*/*.dcm 2>/dev/null | head -n 1 || true)
 if [ -n "$sr" ]; then echo "demo: one AI structured report (dsrdump):"; dsrdump -q "$sr" | head -n 60; fi
+
+delivered=$(counts 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["delivered"])')
+if [ "$delivered" -ne 6 ]; then
+  echo "demo: FAILED: $delivered of 6 images have all their results in the PACS (see var/demo/daemon.log)" >&2
+  exit 1
+fi
+echo "demo: all 6 images analysed and their results delivered to the PACS"
 
 if [ "$ONCE" -eq 1 ]; then exit 0; fi
 echo "demo: running; logs in var/demo/*.log. Ctrl-C stops both."

@@ -15,6 +15,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  command -v gdcmconv >/dev/null || need_apt+=(libgdcm-tools)  # third-party test files
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"

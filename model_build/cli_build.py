@@ -72,10 +72,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from model_build.demo import demo_bundle
+    from model_build.demo import demo_bundle, make_tiny_bundle
 
     t0 = time.perf_counter()
-    bundle = demo_bundle(args.out, seed=args.seed, n_per_class=args.n_per_class, epochs=args.epochs)
+    if args.tiny:
+        bundle = make_tiny_bundle(args.out, seed=args.seed)
+    else:
+        bundle = demo_bundle(args.out, seed=args.seed, n_per_class=args.n_per_class, epochs=args.epochs)
     print(f"demo bundle: {bundle} (total {time.perf_counter() - t0:.0f} s)")
     return 0
 
@@ -134,8 +137,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=2, help="default: %(default)s")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("demo-bundle", help="synthetic dataset -> train -> report -> verified bundle (< 15 min)")
-    p.add_argument("out", type=Path, metavar="OUT", help="writes OUT/data, OUT/run, OUT/report, OUT/bundle")
+    p = sub.add_parser(
+        "demo-bundle",
+        help="synthetic dataset -> train -> report -> verified bundle (< 15 min)",
+        description="Writes the bundle at OUT (OUT/manifest.json: what model_bundle names) and the work files "
+        "(data, run, report) in OUT.work. A bundle already at OUT is reused.",
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="the bundle directory to write")
+    p.add_argument(
+        "--tiny", action="store_true", help="a barely trained bundle in under a minute (tests, fast demo)"
+    )
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--n-per-class", type=int, default=200, help="synthetic fields per class (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="maximum Basic epochs (default: 6, time-budgeted)")

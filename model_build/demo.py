@@ -3,6 +3,11 @@
 ``demo_bundle`` is the end-to-end demo: about 600 synthetic 1024 x 768 fields, a few budgeted epochs on
 2 CPU cores, report and verified bundle in well under 15 minutes. ``make_tiny_bundle`` builds a genuine
 but barely trained bundle (12 small fields, 2 optimiser steps) for other tests in well under a minute.
+
+Both write the bundle itself at the path they are given (``OUT/manifest.json``: what the daemon's
+``model_bundle`` names) and their work files (synthetic data, training run, report) beside it in
+``OUT.work/``. The export moves a verified bundle into place in one rename, so an interrupted build
+leaves no half-written bundle, and a finished one is reused as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from cds_daemon.bundle import BundleError, read_manifest
 from model_build.config import TrainConfig
 from model_build.export import export_bundle
 from model_build.run import train_run
@@ -91,16 +97,33 @@ def small_dataset(out: Path, n_per_class: int, seed: int, size: tuple[int, int] 
     return out
 
 
+def work_dir(bundle: Path) -> Path:
+    """Where a demo or tiny bundle's data, run and report live: ``OUT.work`` beside ``OUT``."""
+    return bundle.with_name(bundle.name + ".work")
+
+
+def existing_bundle(bundle: Path) -> bool:
+    """A finished bundle is already at ``bundle`` (its manifest parses; the daemon checks the hashes)."""
+    try:
+        read_manifest(bundle)
+    except BundleError:
+        return False
+    return True
+
+
 def make_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
-    """A small, genuinely trained, verified bundle at ``out_dir/bundle`` (work files beside it)."""
+    """A small, genuinely trained, verified bundle at ``out_dir`` (work files in ``out_dir.work``)."""
     out_dir = Path(out_dir)
-    data = small_dataset(out_dir / "data", n_per_class=4, seed=seed)
+    if existing_bundle(out_dir):
+        return out_dir
+    work = work_dir(out_dir)
+    data = small_dataset(work / "data", n_per_class=4, seed=seed)
     with warnings.catch_warnings():
         # Two optimiser steps leave near-constant logits, so the temperature fit sits at its bound and
         # says so; expected here, noise in the output of every test that builds a tiny bundle.
         warnings.simplefilter("ignore", RuntimeWarning)
-        train_run(data, out_dir / "run", tiny_config(seed), log=lambda _: None)
-    return export_bundle(out_dir / "run", out_dir / "bundle", name="thyroideffi-tiny", log=lambda _: None)
+        train_run(data, work / "run", tiny_config(seed), log=lambda _: None)
+    return export_bundle(work / "run", out_dir, name="thyroideffi-tiny", log=lambda _: None)
 
 
 def demo_bundle(
@@ -110,10 +133,18 @@ def demo_bundle(
     epochs: int | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> Path:
-    """OUT/data (synthetic dataset), OUT/run, OUT/report, OUT/bundle; prints the elapsed time per stage."""
+    """The bundle at OUT; OUT.work/data (synthetic dataset), OUT.work/run, OUT.work/report.
+
+    A bundle already at OUT is reused; a dataset already in OUT.work is reused. Prints the elapsed
+    time per stage.
+    """
     out = Path(out)
+    if existing_bundle(out):
+        log(f"demo bundle already built: {out} (delete it to build again)")
+        return out
+    work = work_dir(out)
     t0 = time.perf_counter()
-    data = out / "data"
+    data = work / "data"
     if not (data / "labels.csv").is_file():
         synthetic_dataset(data, n_per_class, seed)
     t_data = time.perf_counter() - t0
@@ -121,9 +152,9 @@ def demo_bundle(
     cfg = demo_config(seed)
     if epochs is not None:
         cfg.epochs = epochs
-    summary = train_run(data, out / "run", cfg, report_dir=out / "report", log=log)
-    log(f"[{time.perf_counter() - t0:.0f} s] trained, calibrated and evaluated; report in {out / 'report'}")
-    bundle = export_bundle(out / "run", out / "bundle", threads=cfg.threads, log=log)
+    summary = train_run(data, work / "run", cfg, report_dir=work / "report", log=log)
+    log(f"[{time.perf_counter() - t0:.0f} s] trained, calibrated and evaluated; report in {work / 'report'}")
+    bundle = export_bundle(work / "run", out, threads=cfg.threads, log=log)
     elapsed = time.perf_counter() - t0
     log(f"[{elapsed:.0f} s] bundle verified: {bundle}")
     log("test split: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))

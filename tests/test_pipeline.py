@@ -142,7 +142,8 @@ def test_undecodable_image_fails_alone(
     good, bad = write_images(tmp_path / "in", 2, ts="jpeg-baseline", seed=600)
     ds = pydicom.dcmread(bad)
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
-    corrupt = frame[:600] + b"\xff\xd9"  # headers, then the scan cut short and an end-of-image marker
+    # Headers and scan header intact (ingest's codestream check passes), then misplaced markers in the scan.
+    corrupt = frame[: frame.index(b"\xff\xda") + 14] + b"\xff\xc0\x00\x11" * 40 + b"\xff\xd9"
     ds.PixelData = pydicom.encaps.encapsulate([corrupt])
     ds.save_as(bad, enforce_file_format=True)
     assert storescu(daemon.port, bad, good, extra=STORESCU_PROPOSE["jpeg-baseline"]).returncode == 0

@@ -82,10 +82,15 @@ def test_requeue_after_restart(tmp_path: Path) -> None:
 
 def test_rejection_counts(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
-    store.record_rejection(status=0xA900, reason="no pixel data", calling_ae="A", peer_address="127.0.0.1")
-    store.record_rejection(status=0xA900, reason="no pixel data", calling_ae="A", peer_address="127.0.0.1")
-    store.record_rejection(status=0xC000, reason="unreadable dataset: x", calling_ae="A", peer_address="1")
-    assert store.rejection_counts() == {"0xA900 no pixel data": 2, "0xC000 unreadable dataset": 1}
+    for _ in range(2):
+        store.record_rejection(
+            status=0xA900, code="no_pixel_data", reason="no pixel data", calling_ae="A", peer_address="127.0.0.1"
+        )
+    store.record_rejection(
+        status=0xC000, code="unreadable_dataset", reason="unreadable dataset: x", calling_ae="A", peer_address="1"
+    )
+    assert store.rejection_counts() == {"0xA900 no_pixel_data": 2, "0xC000 unreadable_dataset": 1}
+    assert [r["code"] for r in store.recent_rejections()] == ["unreadable_dataset", "no_pixel_data", "no_pixel_data"]
 
 
 def _referred(store: Store, uid: str, accession: str | None, priority: int) -> None:

@@ -202,6 +202,24 @@ STORESCU_PROPOSE = {
 }
 
 
+#: The storescu option that proposes a file's own transfer syntax, by transfer syntax UID.
+STORESCU_PROPOSE_UID = {
+    "1.2.840.10008.1.2": ("-xi",),
+    "1.2.840.10008.1.2.1": (),
+    "1.2.840.10008.1.2.1.99": ("-xd",),
+    "1.2.840.10008.1.2.2": ("-xb",),
+    "1.2.840.10008.1.2.4.50": ("-xy",),
+    "1.2.840.10008.1.2.4.51": ("-xx",),
+    "1.2.840.10008.1.2.4.57": ("-xs",),
+    "1.2.840.10008.1.2.4.70": ("-xs",),
+    "1.2.840.10008.1.2.4.80": ("-xt",),
+    "1.2.840.10008.1.2.4.81": ("-xu",),
+    "1.2.840.10008.1.2.4.90": ("-xv",),
+    "1.2.840.10008.1.2.4.91": ("-xw",),
+    "1.2.840.10008.1.2.5": ("-xr",),
+}
+
+
 def storescu(port: int, *files: Path, calling: str = SENDER_AE, called: str = DAEMON_AE, extra: tuple[str, ...] = ()):
     """Send files in one association. ``extra`` e.g. ``("-xy",)`` proposes JPEG baseline.
 
