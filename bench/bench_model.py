@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cds_daemon.engine import Engine, class_activation_maps, stitch_tiles, synthetic_field, unit_scale
-from cds_daemon.views import make_views
+from cds_daemon.analysis.engine import Engine, class_activation_maps, stitch_tiles, synthetic_field, unit_scale
+from cds_daemon.analysis.tiles import make_views
 
 
 def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:

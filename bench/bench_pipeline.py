@@ -31,16 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom
 
-from cds_daemon.bundle import read_manifest
-from cds_daemon.config import load_settings
-from cds_daemon.engine import Engine
-from cds_daemon.logs import configure_logging
-from cds_daemon.pixels import decode
+from cds_daemon.analysis.decode import decode
+from cds_daemon.analysis.engine import Engine
+from cds_daemon.analysis.pipeline import process_image
+from cds_daemon.analysis.worker import Worker
+from cds_daemon.common.config import load_settings
+from cds_daemon.common.manifest import read_manifest
+from cds_daemon.ops.logs import configure_logging
 from cds_daemon.reports.uids import derived_uid
-from cds_daemon.spool import Spool
-from cds_daemon.steps import process_image
 from cds_daemon.store import Store
-from cds_daemon.worker import Worker
+from cds_daemon.store.spool import Spool
 from tests.support.dicom_files import write_images
 from tests.support.processes import DaemonProcess, OrthancProcess, storescu
 from tests.support.received import receive

@@ -1,5 +1,5 @@
 import sys
 
-from cds_daemon.cli import main
+from cds_daemon.cli.main import main
 
 sys.exit(main())

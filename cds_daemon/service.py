@@ -5,20 +5,27 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from cds_daemon.config import Settings
-from cds_daemon.health import HealthServer
-from cds_daemon.ingest import Listener
-from cds_daemon.logs import get_logger
-from cds_daemon.metrics import REGISTRY, StoreCollector
-from cds_daemon.spool import Spool
+from cds_daemon.common.clock import timestamp_in
+from cds_daemon.common.config import Settings
+from cds_daemon.ingest.listener import Listener
+from cds_daemon.ops.health import HealthServer
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.ops.metrics import REGISTRY, StoreCollector
+from cds_daemon.ops.systemd import notify
 from cds_daemon.store import Store
-from cds_daemon.systemd_notify import notify
+from cds_daemon.store.spool import Spool
+
+if TYPE_CHECKING:  # imported when started: a service without a model bundle never loads ONNX Runtime
+    from cds_daemon.analysis.worker import Worker
+    from cds_daemon.egress.sender import Egress
+    from cds_daemon.web.server import WebServer
 
 log = get_logger("service")
 
@@ -68,18 +75,18 @@ class Service:
         self.settings = settings
         self.store, self.spool = open_storage(settings)
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.worker = None
-        self.egress = None
+        self.worker: Worker | None = None
+        self.egress: Egress | None = None
         self.listener: Listener | None = None
         self.health: HealthServer | None = None
-        self.web = None
+        self.web: WebServer | None = None
         self.web_problem: str | None = None
         self._last_watchdog = 0.0
         self._collector = StoreCollector(self.store, settings.storage.data_dir)
 
     def start(self) -> None:
-        from cds_daemon.bundle import BundleError
-        from cds_daemon.egress import Egress
+        from cds_daemon.common.manifest import BundleError
+        from cds_daemon.egress.sender import Egress
 
         recover(self.store, self.spool)
         s = self.settings
@@ -95,8 +102,8 @@ class Service:
         if s.model_bundle is None:
             log.warning("no_model_bundle", detail="model_bundle is not set: images are received and queued only")
         else:
-            from cds_daemon.engine import Engine
-            from cds_daemon.worker import Worker
+            from cds_daemon.analysis.engine import Engine
+            from cds_daemon.analysis.worker import Worker
 
             try:
                 engine = Engine(s.model_bundle, threads=s.worker_threads)
@@ -130,7 +137,7 @@ class Service:
             raise StartupError(f"cannot listen on {s.listener.bind_address}:{s.listener.port}: {exc}") from exc
 
     def _add_worklist_jobs(self) -> None:
-        from cds_daemon.review import escalate_overdue, log_daily_summary
+        from cds_daemon.review.jobs import escalate_overdue, log_daily_summary
 
         w = self.settings.worklist
         self.scheduler.add_job(
@@ -149,7 +156,7 @@ class Service:
 
     def _start_web(self) -> None:
         """The reviewers' page. A busy port leaves DICOM ingest running and makes the daemon not ready."""
-        from cds_daemon.review import ReviewService
+        from cds_daemon.review.service import ReviewService
         from cds_daemon.web.app import WebContext
         from cds_daemon.web.server import WebServer
 
@@ -205,7 +212,7 @@ class Service:
         days = self.settings.storage.retention_days
         if days is None:
             return 0
-        cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="milliseconds")
+        cutoff = timestamp_in(-days * 86400)
         purged = 0
         for uid, paths in self.store.purgeable(cutoff):
             for path in paths:

@@ -1,4 +1,4 @@
-"""Bundle manifest writer (the reader and verifier is ``cds_daemon.bundle``).
+"""Bundle manifest writer (the reader and verifier is ``cds_daemon.analysis.bundle``).
 
 manifest.json (format ``thyroideffi-bundle/1``):
   format, name, version, created (UTC ISO-8601)
@@ -25,7 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cds_daemon.bundle import (
+from cds_daemon.analysis.tiles import GRID, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, RESIZE
+from cds_daemon.common.manifest import (
     AGGREGATOR_IO,
     BACKBONE_IO,
     CLASSES,
@@ -34,7 +35,6 @@ from cds_daemon.bundle import (
     MANIFEST_NAME,
     sha256_file,
 )
-from cds_daemon.views import GRID, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, RESIZE
 from model_build.decision import Calibration
 
 FILES = {

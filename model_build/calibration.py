@@ -1,6 +1,7 @@
-"""Temperature scaling: numerically stable softmax, NLL, and the NLL-optimal temperature.
+"""Temperature scaling: NLL and the NLL-optimal temperature.
 
-numpy/scipy only; the daemon-side calibration applies the same ``softmax(logits, T)``.
+softmax and log-softmax are the daemon's own (:mod:`cds_daemon.analysis.numeric`), so the temperature
+fitted here is applied there to exactly the same function.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+
+from cds_daemon.analysis.numeric import log_softmax
 
 # Search range for T. Wider than any sane model needs; hitting an end means the logits are degenerate
 # (e.g. perfectly separable data drives T -> 0) and a warning is raised.
@@ -31,28 +34,6 @@ def _check_logits_labels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.nda
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     return logits, labels
-
-
-def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """log softmax(logits / T) over the last axis; never overflows, and stays accurate for confident rows.
-
-    With z shifted by its row maximum, log sum exp(z) = log1p(sum of the other terms); computing it that
-    way keeps the tiny NLL of very confident correct rows (which log(1 + 1e-22) would round to 0), so the
-    temperature fit still sees a slope there.
-    """
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    top = z.argmax(axis=-1)[..., None]
-    z = z - np.take_along_axis(z, top, axis=-1)
-    others = np.exp(z)
-    np.put_along_axis(others, top, 0.0, axis=-1)
-    return z - np.log1p(others.sum(axis=-1, keepdims=True))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / T) over the last axis; any leading shape, float64 out."""
-    return np.exp(log_softmax(logits, temperature))
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

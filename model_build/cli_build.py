@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cds_daemon.bundle import BundleError
+    from cds_daemon.common.manifest import BundleError
     from model_build.export import ExportError, export_bundle
 
     try:

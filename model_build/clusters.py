@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cds_daemon.views import Box
+from cds_daemon.analysis.tiles import Box
 
 # Optical-density stain vectors (rows: hematoxylin, eosin); the third is their normalised cross product.
 _H = np.array([0.650, 0.704, 0.286])

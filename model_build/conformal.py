@@ -12,10 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def _scores(probs: np.ndarray) -> np.ndarray:
-    # One place for the score so fitting and prediction round identically (ties at q_k stay included).
-    return 1.0 - probs
+from cds_daemon.analysis.numeric import conformal_scores
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
@@ -56,7 +53,7 @@ def class_conditional_quantiles(probs: np.ndarray, labels: np.ndarray, alpha: fl
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     probs = _check_probs(probs)
     labels = _check_labels(labels, probs.shape[0], probs.shape[1])
-    true_scores = _scores(probs)[np.arange(labels.shape[0]), labels]
+    true_scores = conformal_scores(probs)[np.arange(labels.shape[0]), labels]
     quantiles = np.ones(probs.shape[1], dtype=np.float64)
     for k in range(probs.shape[1]):
         s = np.sort(true_scores[labels == k])
@@ -66,15 +63,6 @@ def class_conditional_quantiles(probs: np.ndarray, labels: np.ndarray, alpha: fl
         if 1 <= rank <= n_k:
             quantiles[k] = min(float(s[rank - 1]), 1.0)
     return quantiles
-
-
-def prediction_sets(probs: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Boolean (N, K): class k is in the set of image i iff 1 - p_ik <= q_k. Sets may be empty."""
-    probs = _check_probs(probs)
-    quantiles = np.asarray(quantiles, dtype=np.float64)
-    if quantiles.shape != (probs.shape[1],):
-        raise ValueError(f"quantiles shape {quantiles.shape} does not match {probs.shape[1]} classes")
-    return _scores(probs) <= quantiles[None, :]
 
 
 def _check_sets(sets: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cds_daemon.bundle import CLASSES
+from cds_daemon.common.manifest import CLASSES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABELS_CSV = "labels.csv"

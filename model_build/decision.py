@@ -16,15 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cds_daemon.engine import (
-    energy_score,
-    ensemble_logits,
-    mahalanobis_score,
-    referral_reasons,
-    softmax,
-)
+from cds_daemon.analysis.numeric import energy_score, ensemble_logits, mahalanobis_score, prediction_sets, softmax
+from cds_daemon.analysis.triage import model_reasons, reason_codes
 from model_build.calibration import fit_temperature
-from model_build.conformal import class_conditional_quantiles, prediction_sets
+from model_build.conformal import class_conditional_quantiles
 from model_build.ood import MahalanobisStats
 
 
@@ -114,20 +109,22 @@ def apply(
 
 
 def referrals(out: Outputs, cal: Calibration, class_names: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """Per field: referred? and the model-side reasons, by the daemon's own rule (``referral_reasons``)."""
+    """Per field: referred? and the model-side reasons, by the daemon's own rule (``model_reasons``)."""
     reasons = []
     for i in range(out.probs.shape[0]):
         cls = int(out.probs[i].argmax())
         reasons.append(
-            referral_reasons(
-                predicted=class_names[cls],
-                confidence=float(out.probs[i, cls]),
-                conformal_set=tuple(n for n, keep in zip(class_names, out.sets[i], strict=True) if keep),
-                basic_label=class_names[int(out.basic_probs[i].argmax())],
-                premium_label=class_names[int(out.premium_probs[i].argmax())],
-                mahalanobis_ood=bool(out.mahalanobis[i] > cal.mahalanobis_threshold),
-                energy_ood=bool(out.energy[i] > cal.energy_threshold),
-                confidence_threshold=cal.confidence_threshold,
+            reason_codes(
+                model_reasons(
+                    predicted=class_names[cls],
+                    confidence=float(out.probs[i, cls]),
+                    conformal_set=tuple(n for n, keep in zip(class_names, out.sets[i], strict=True) if keep),
+                    basic_label=class_names[int(out.basic_probs[i].argmax())],
+                    premium_label=class_names[int(out.premium_probs[i].argmax())],
+                    mahalanobis_ood=bool(out.mahalanobis[i] > cal.mahalanobis_threshold),
+                    energy_ood=bool(out.energy[i] > cal.energy_threshold),
+                    confidence_threshold=cal.confidence_threshold,
+                )
             )
         )
     return np.array([bool(r) for r in reasons], dtype=bool), reasons

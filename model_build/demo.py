@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from cds_daemon.bundle import BundleError, read_manifest
+from cds_daemon.common.manifest import BundleError, read_manifest
 from model_build.config import TrainConfig
 from model_build.export import export_bundle
 from model_build.run import train_run

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from cds_daemon.analysis.numeric import prediction_sets, softmax
 from model_build import metrics
-from model_build.calibration import fit_temperature, nll, softmax
-from model_build.conformal import class_conditional_quantiles, prediction_sets
+from model_build.calibration import fit_temperature, nll
+from model_build.conformal import class_conditional_quantiles
 from model_build.logits_csv import CLASS_NAMES, default_data_dir, load_split, split_path
 from model_build.report import write_report
 

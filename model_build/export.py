@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cds_daemon.bundle import MANIFEST_NAME
-from cds_daemon.engine import Engine, open_session, synthetic_field
-from cds_daemon.views import GRID, INPUT_SIZE, make_views
+from cds_daemon.analysis.engine import Engine, open_session, synthetic_field
+from cds_daemon.analysis.tiles import GRID, INPUT_SIZE, make_views
+from cds_daemon.common.manifest import MANIFEST_NAME
 from model_build.bundle import FILES, build_manifest, write_manifest
 from model_build.config import TrainConfig
 from model_build.dataset import read_rgb

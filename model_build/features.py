@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cds_daemon.views import make_views
+from cds_daemon.analysis.tiles import make_views
 from model_build.dataset import read_rgb
 from model_build.models import BackboneOutputs
 

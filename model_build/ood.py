@@ -2,7 +2,7 @@
 
 With 1280 feature dimensions and a few hundred training images the sample covariance is singular, so
 it is shrunk toward a scaled identity with the Ledoit-Wolf (2004) optimal intensity; the precision
-matrix (its inverse) is what the bundle stores. Scores are computed by ``cds_daemon.engine`` helpers.
+matrix (its inverse) is what the bundle stores. Scores are computed by ``cds_daemon.analysis.engine`` helpers.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ noisy views first and the whole field last: E -> D -> C -> B -> A.
 
 from __future__ import annotations
 
-from cds_daemon.views import GRID
+from cds_daemon.analysis.tiles import GRID
 
 STAGES = ("E_grid", "D_focus_grid", "C_clusters", "B_focus", "A_whole")
 N_CLUSTERS = 8

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cds_daemon.views import INPUT_SIZE, crop_resize, normalize
+from cds_daemon.analysis.tiles import INPUT_SIZE, crop_resize, normalize
 from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.dataset import read_rgb

@@ -3,7 +3,7 @@
 Per training image: A = the whole field, B = the field with the detected cell clusters in focus (see
 ``clusters.focus_image``), C = 8 cluster crops, D = the 12 grid tiles of B, E = the 12 grid tiles of A:
 34 views, each labelled with the field's class. Whole fields and tiles go through exactly the daemon's
-``cds_daemon.views`` code (same boxes, same Pillow bilinear resize, same normalisation). Random flips,
+``cds_daemon.analysis.tiles`` code (same boxes, same Pillow bilinear resize, same normalisation). Random flips,
 90-degree rotations and colour jitter (brightness, contrast, saturation, per-channel stain gain) are
 applied on top; the randomness is a function of (seed, epoch, item) so runs are reproducible.
 """
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from cds_daemon.views import GRID, INPUT_SIZE, crop_resize, grid_boxes, normalize
+from cds_daemon.analysis.tiles import GRID, INPUT_SIZE, crop_resize, grid_boxes, normalize
 from model_build.clusters import Cluster, detect_clusters, focus_image
 from model_build.dataset import read_rgb
 from model_build.stages import N_CLUSTERS, STAGES, regions_of

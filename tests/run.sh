@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh
 .venv/bin/ruff check .
+.venv/bin/python -m mypy cds_daemon  # strict: see [tool.mypy] in pyproject.toml
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -15,6 +15,8 @@ from __future__ import annotations
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
+from cds_daemon.common.vocabulary import DECISIONS, REASONS, ReviewDecision
+
 SCHEME = "99THYCDS"
 SCHEME_NAME = "Thyroid cytology decision support private codes"
 
@@ -39,29 +41,6 @@ CONFORMAL_MEMBER = Code("CONFORMAL-SET", SCHEME, "Member of conformal prediction
 REFERRED = Code("REFERRED", SCHEME, "Referred for expert review")
 REFERRAL_REASON = Code("REFERRAL-REASON", SCHEME, "Reason for expert review")
 REVIEW_DECISION = Code("REVIEW-DECISION", SCHEME, "Expert review decision")
-
-DECISIONS = {
-    "confirm": Code("CONFIRM", SCHEME, "AI category confirmed"),
-    "change": Code("CHANGE", SCHEME, "AI category changed"),
-    "non_diagnostic": Code("NON-DIAGNOSTIC", SCHEME, "Non-diagnostic specimen"),
-}
-
-#: Triage reason (machine code) -> private code. Unknown reasons still get a code, see reason_code.
-_REASONS = {
-    "indeterminate_class": ("INDETERMINATE", "Indeterminate/Suspicious category"),
-    "low_confidence": ("LOW-CONFIDENCE", "Calibrated confidence below threshold"),
-    "ensemble_disagreement": ("DISAGREEMENT", "Ensemble members disagree"),
-    "basic_premium_disagree": ("DISAGREEMENT", "Ensemble members disagree"),
-    "conformal_set_not_singleton": ("CONFORMAL", "Conformal prediction set is not one class"),
-    "ood_mahalanobis": ("OOD-MAHALANOBIS", "Image features out of distribution (Mahalanobis)"),
-    "ood_energy": ("OOD-ENERGY", "Model output out of distribution (energy)"),
-    "quality_blur": ("Q-BLUR", "Image out of focus"),
-    "quality_empty_field": ("Q-EMPTY-FIELD", "Almost no cells in the field"),
-    "quality_too_small": ("Q-TOO-SMALL", "Image too small"),
-    "quality_not_colour": ("Q-NOT-COLOUR", "Not a colour image"),
-    "quality_overexposed": ("Q-OVEREXPOSED", "Image overexposed"),
-    "quality_underexposed": ("Q-UNDEREXPOSED", "Image underexposed"),
-}
 
 _SH_MAX = 16
 _LO_MAX = 64
@@ -88,11 +67,20 @@ def probability_concept(cls: str, display_name: str) -> Code:
     return Code(_short_value(f"P-{cls}"), SCHEME, _lo(f"Probability of {display_name}"))
 
 
+def decision_code(decision: ReviewDecision) -> Code:
+    """Private code of a reviewer's decision."""
+    info = DECISIONS[decision]
+    return Code(info.sr_value, SCHEME, info.sr_meaning)
+
+
+_REASON_INFO = {str(reason): info for reason, info in REASONS.items()}
+
+
 def reason_code(reason: str) -> Code:
     """Private code of a triage reason; a reason unknown here is coded by its own name."""
-    if reason in _REASONS:
-        value, meaning = _REASONS[reason]
-        return Code(value, SCHEME, meaning)
+    if reason in _REASON_INFO:
+        info = _REASON_INFO[reason]
+        return Code(info.sr_value, SCHEME, info.sr_meaning)
     value = reason.upper().replace("_", "-")
     return Code(value if len(value) <= _SH_MAX else value[:_SH_MAX], SCHEME, _lo(reason.replace("_", " ")))
 

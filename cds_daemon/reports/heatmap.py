@@ -18,11 +18,11 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind
 from cds_daemon.reports import codes
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
-    SERIES_NUMBER,
     character_set,
     copy_patient_study,
     equipment,
@@ -75,7 +75,7 @@ _BG = (0, 0, 0)
 def colorize(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] (clipped) to RGB uint8 through :data:`LUT`."""
     idx = np.rint(np.clip(np.nan_to_num(values), 0.0, 1.0) * 255.0).astype(np.intp)
-    return LUT[idx]
+    return np.asarray(LUT[idx])
 
 
 def _axis_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,7 +94,7 @@ def upsample_bilinear(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     r0, r1, wr = _axis_weights(shape[0], cam.shape[0])
     c0, c1, wc = _axis_weights(shape[1], cam.shape[1])
     rows = cam[r0] * (1.0 - wr)[:, None] + cam[r1] * wr[:, None]
-    return rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :]
+    return np.asarray(rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :])
 
 
 def _palette_image(cam: np.ndarray, shape: tuple[int, int]) -> Image.Image:
@@ -259,7 +259,7 @@ def build_heatmap_sc(
         coordinate_system="PATIENT",
         patient_orientation=("L", "F"),
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sc-series"),
-        series_number=SERIES_NUMBER["sc"],
+        series_number=SERIES_NUMBER[OutputKind.SC],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sc"),
         instance_number=1,
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -272,7 +272,7 @@ def build_heatmap_sc(
         **equipment(result, manufacturer),
     )
     copy_patient_study(sc, header)
-    sc.PatientOrientation = ""  # a photomicrograph has no patient orientation (type 2: empty)
+    sc.PatientOrientation = ""  # type: ignore[assignment]  # a photomicrograph has none (type 2: empty)
     sc.ConversionType = "WSD"  # made by software from a stored image, not captured from a video interface
     sc.ImageType = ["DERIVED", "SECONDARY"]
     # Thyroid is an unpaired structure: with BodyPartExamined, Laterality (type 2C) is rightly absent.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom import Dataset
 
+from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind
 from cds_daemon.reports import codes
 from cds_daemon.reports.observer import device_observer
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
-    SERIES_NUMBER,
     character_set,
     copy_patient_study,
     equipment,
@@ -66,7 +66,7 @@ def build_review_kos(
         evidence=selected,
         content=content,
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "kos-series"),
-        series_number=SERIES_NUMBER["kos"],
+        series_number=SERIES_NUMBER[OutputKind.KOS],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "kos"),
         instance_number=1,
         series_description=series_description("AI referral", result, "For Physician Review"),

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cds_daemon.common.vocabulary import ReviewDecision
+
 
 @dataclass(frozen=True)
 class AIResult:
@@ -64,6 +66,30 @@ class AIResult:
 
     def display_name(self, cls: str) -> str:
         return self.display_names[self.classes.index(cls)]
+
+    def final_class(self, decision: str, final_class: str | None) -> str | None:
+        """The reviewer's class for ``decision`` on this result, after checking that the two fit together.
+
+        The one rule for the review page, the CLI and the review SR; raises ValueError saying what is wrong.
+        """
+        if decision not in {str(d) for d in ReviewDecision}:
+            raise ValueError(f"decision must be one of {', '.join(ReviewDecision)}, got {decision!r}")
+        ai_class = self.predicted if self.predicted in self.classes else None
+        if decision == ReviewDecision.NON_DIAGNOSTIC:
+            if final_class is not None:
+                raise ValueError("a non-diagnostic decision has no class")
+            return None
+        if decision == ReviewDecision.CONFIRM:
+            if ai_class is None:
+                raise ValueError("there is no AI class to confirm")
+            if final_class not in (None, ai_class):
+                raise ValueError("confirm keeps the AI class: use decision 'change' for another class")
+            return ai_class
+        if final_class not in self.classes:
+            raise ValueError(f"change needs --class, one of {', '.join(self.classes)}")
+        if final_class == ai_class:
+            raise ValueError(f"{final_class} is the AI class: use decision 'confirm'")
+        return final_class
 
     @property
     def model_label(self) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import datetime
+from typing import TypedDict
 
 import highdicom as hd
 from pydicom import Dataset
 
+from cds_daemon.common.vocabulary import REQUIRED_SOURCE_UIDS
 from cds_daemon.reports.result import AIResult
 
 #: Type 2 attributes of the Patient and General Study modules: present, possibly empty.
@@ -29,16 +31,14 @@ TYPE2_PATIENT_STUDY = (
     "AccessionNumber",
 )
 _PIXEL_KEYWORDS = {"PixelData", "FloatPixelData", "DoubleFloatPixelData"}
-_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _LO_MAX = 64
 
 DEFAULT_MANUFACTURER = "Thyroid CDS"
-SERIES_NUMBER = {"sr": 901, "sc": 902, "kos": 903, "review-sr": 904}
 
 
 def evidence_of(source: Dataset) -> Dataset:
     """Header-only copy of ``source`` (no pixel data), type-2 patient/study attributes present."""
-    missing = [k for k in _REQUIRED if not source.get(k)]
+    missing = [k for k in REQUIRED_SOURCE_UIDS if not source.get(k)]
     if missing:
         raise ValueError(f"source dataset lacks {', '.join(missing)}")
     header = Dataset()
@@ -58,13 +58,19 @@ def copy_patient_study(target: hd.SOPClass, header: Dataset) -> None:
     target.copy_patient_and_study_information(header)
 
 
-def equipment(result: AIResult, manufacturer: str) -> dict[str, str]:
+class Equipment(TypedDict):
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+
+
+def equipment(result: AIResult, manufacturer: str) -> Equipment:
     """General Equipment keyword arguments for highdicom constructors."""
-    return {
-        "manufacturer": manufacturer,
-        "manufacturer_model_name": result.model_name[:_LO_MAX],
-        "software_versions": result.model_version[:_LO_MAX],
-    }
+    return Equipment(
+        manufacturer=manufacturer,
+        manufacturer_model_name=result.model_name[:_LO_MAX],
+        software_versions=result.model_version[:_LO_MAX],
+    )
 
 
 def series_description(prefix: str, result: AIResult, suffix: str) -> str:
@@ -84,7 +90,8 @@ def character_set(header: Dataset, result: AIResult, *texts: str | None) -> str 
     """
     ours = (*result.display_names, *result.reason_texts, result.model_name, result.model_version, *texts)
     if all(t is None or t.isascii() for t in ours):
-        return header.get("SpecificCharacterSet")
+        charset: str | list[str] | None = header.get("SpecificCharacterSet")
+        return charset
     return "ISO_IR 192"
 
 

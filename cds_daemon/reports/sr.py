@@ -17,12 +17,12 @@ from pydicom.sr.codedict import codes as std
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DT
 
+from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind, ReviewDecision
 from cds_daemon.reports import codes
 from cds_daemon.reports.observer import device_observer
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
-    SERIES_NUMBER,
     character_set,
     equipment,
     evidence_of,
@@ -31,7 +31,6 @@ from cds_daemon.reports.source import (
 )
 from cds_daemon.reports.uids import derived_uid
 
-DECISIONS = frozenset(codes.DECISIONS)
 _PN_COMPONENT_MAX = 64
 
 
@@ -127,7 +126,7 @@ def build_ai_sr(
         evidence=[header],
         content=report[0],
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
-        series_number=SERIES_NUMBER["sr"],
+        series_number=SERIES_NUMBER[OutputKind.SR],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr"),
         instance_number=1,
         is_complete=True,
@@ -144,13 +143,20 @@ def build_ai_sr(
     )
 
 
-def _person_name(name: str) -> str:
-    """A display name without carets becomes a one-component PN ("Jane Doe^") rather than a guessed split."""
+def person_name(name: str) -> str:
+    """A reviewer's display name as a DICOM PN.
+
+    "Smith, Ana" becomes "Smith^Ana"; a name with carets is kept; any other name becomes one family-name
+    component ("Jane Doe^") rather than a guessed split. Components are cut to 64 characters.
+    """
     name = name.strip()
     if not name:
         raise ValueError("reviewer_name is required")
+    if "^" not in name and "," in name:
+        family, given = (part.strip() for part in name.split(",", 1))
+        name = f"{family}^{given}"
     if "^" in name:
-        return name
+        return "^".join(part[:_PN_COMPONENT_MAX] for part in name.split("^"))
     return name[:_PN_COMPONENT_MAX] + "^"
 
 
@@ -162,26 +168,6 @@ def _role_code(role: str) -> hd.sr.CodedConcept | None:
     if any(word in lowered for word in ("patholog", "physician", "doctor")):
         return hd.sr.CodedConcept.from_code(codes.PHYSICIAN)
     return None
-
-
-def _final_class(decision: str, final_class: str | None, result: AIResult) -> str | None:
-    if decision not in DECISIONS:
-        raise ValueError(f"decision must be one of {sorted(DECISIONS)}, got {decision!r}")
-    if final_class is not None and final_class not in result.classes:
-        raise ValueError(f"final_class {final_class!r} is not one of {result.classes}")
-    if decision == "non_diagnostic":
-        if final_class is not None:
-            raise ValueError("a non-diagnostic decision has no final class")
-        return None
-    if decision == "confirm":
-        if result.predicted not in result.classes:
-            raise ValueError("there is no AI class to confirm")
-        if final_class not in (None, result.predicted):
-            raise ValueError(f"confirm keeps the AI class {result.predicted!r}, got {final_class!r}")
-        return result.predicted
-    if final_class is None or final_class == result.predicted:
-        raise ValueError("change needs a final class different from the AI class")
-    return final_class
 
 
 def build_review_sr(
@@ -208,11 +194,11 @@ def build_review_sr(
     header = evidence_of(source)
     if ai_sr.StudyInstanceUID != header.StudyInstanceUID:
         raise ValueError("the AI SR belongs to another study than the source image")
-    final = _final_class(decision, final_class, result)
-    name = _person_name(reviewer_name)
+    final = result.final_class(decision, final_class)
+    name = person_name(reviewer_name)
     org = (organization or str(header.get("InstitutionName", "") or "") or "Unspecified")[:64]
 
-    evaluations = [_evaluation(codes.REVIEW_DECISION, codes.DECISIONS[decision])]
+    evaluations = [_evaluation(codes.REVIEW_DECISION, codes.decision_code(ReviewDecision(decision)))]
     if final is not None:
         evaluations.append(_evaluation(codes.CATEGORY, codes.class_code(final, result.display_name(final))))
     if result.predicted in result.classes:
@@ -246,7 +232,7 @@ def build_review_sr(
         evidence=[header],
         content=report[0],
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "review-sr-series"),
-        series_number=SERIES_NUMBER["review-sr"],
+        series_number=SERIES_NUMBER[OutputKind.REVIEW_SR],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, f"review-sr:{sequence}"),
         instance_number=sequence,
         is_complete=True,

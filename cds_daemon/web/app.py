@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, abort, flash, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from cds_daemon.auth import LoginThrottle, authenticate
-from cds_daemon.bundle import MANIFEST_NAME, sha256_file
-from cds_daemon.config import Settings
-from cds_daemon.logs import get_logger
-from cds_daemon.review import ReviewError, ReviewService
+from cds_daemon.common.config import Settings
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.review.auth import LoginThrottle, authenticate
+from cds_daemon.review.jobs import age_text
+from cds_daemon.review.service import ReviewError, ReviewService
 from cds_daemon.store import Store, WorklistItem
 from cds_daemon.web import imaging, present
 from cds_daemon.web.security import (
@@ -35,7 +35,7 @@ from cds_daemon.web.security import (
 )
 
 if TYPE_CHECKING:
-    from cds_daemon.engine import Engine
+    from cds_daemon.analysis.engine import Engine
 
 log = get_logger("web")
 
@@ -63,9 +63,9 @@ class WebContext:
         self.registry = SessionRegistry(self.settings.web.session_minutes * 60)
         self.throttle = LoginThrottle(self.settings.web.max_failed_logins)
 
-    @functools.cached_property
+    @property
     def engine_sha(self) -> str | None:
-        return None if self.engine is None else sha256_file(self.engine.bundle.directory / MANIFEST_NAME)
+        return None if self.engine is None else self.engine.identity
 
 
 def _actor() -> str:
@@ -83,7 +83,7 @@ def _source_path(ctx: WebContext, item: WorklistItem, uid: str) -> Path:
     if uid not in item.images:
         abort(404)
     instance = ctx.store.get_instance(uid)
-    if instance is None or instance.purged_at or not Path(instance.spool_path).is_file():
+    if instance is None or not instance.on_disk:
         abort(404)
     return Path(instance.spool_path)
 
@@ -251,7 +251,7 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
             heatmap=heatmap,
             next_item=upcoming,
             thumbs=[(i, u, u in item.decided) for i, u in enumerate(item.images)],
-            age=present.age_text(item.created_at),
+            age=age_text(item.created_at),
             taken_by_other=taken_by_other,
         )
 

@@ -16,10 +16,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from cds_daemon.pixels import decode
+from cds_daemon.analysis.decode import decode
 
 if TYPE_CHECKING:
-    from cds_daemon.engine import Engine
+    from cds_daemon.analysis.engine import Engine
 
 
 @dataclass(frozen=True)

@@ -4,35 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from cds_daemon.review import DECISION_LABELS, Labels, ReviewError, age_text, rebuild_ai_result
+from cds_daemon.common.vocabulary import DECISIONS, REASONS, WorklistStatus
+from cds_daemon.review.jobs import age_text
+from cds_daemon.review.service import Labels, ReviewError, rebuild_ai_result
 from cds_daemon.store import Decision, Store, WorklistItem
 from cds_daemon.web.imaging import Header, read_header
 
-REASON_LABELS = {
-    "ood_mahalanobis": "Out of distribution",
-    "ood_energy": "Out of distribution",
-    "indeterminate_class": "Indeterminate",
-    "conformal_set_not_singleton": "Conformal set > 1 class",
-    "basic_premium_disagree": "Ensemble disagreement",
-    "low_confidence": "Low confidence",
-}
+REASON_LABELS = {str(reason): info.label for reason, info in REASONS.items()}
+DECISION_LABELS = {str(decision): info.label for decision, info in DECISIONS.items()}
 PRIORITY_LABELS = {1: "Urgent", 2: "High", 3: "Indeterminate", 4: "Uncertain", 5: "Low confidence"}
-STATUS_LABELS = {"open": "Open", "in_review": "In review", "escalated": "Escalated", "done": "Done"}
+STATUS_LABELS = {
+    WorklistStatus.OPEN: "Open",
+    WorklistStatus.IN_REVIEW: "In review",
+    WorklistStatus.ESCALATED: "Escalated",
+    WorklistStatus.DONE: "Done",
+}
 SORTS = {"priority": "Priority", "oldest": "Oldest first", "newest": "Newest first"}
 
 
 def reason_label(code: str) -> str:
-    if code.startswith("quality"):
-        return "Image quality"
     return REASON_LABELS.get(code, code.replace("_", " ").capitalize())
 
 
 def _header(store: Store, uid: str) -> Header | None:
     instance = store.get_instance(uid)
-    if instance is None or instance.purged_at or not Path(instance.spool_path).is_file():
+    if instance is None or not instance.on_disk:
         return None
     try:
         return read_header(instance.spool_path)

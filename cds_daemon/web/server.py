@@ -8,7 +8,7 @@ from typing import Any
 from waitress import wasyncore
 from waitress.server import create_server
 
-from cds_daemon.logs import get_logger
+from cds_daemon.ops.logs import get_logger
 from cds_daemon.web.app import WebContext, create_app
 
 log = get_logger("web")

@@ -6,8 +6,9 @@ import io
 
 import pydicom
 
-from cds_daemon.spool import Spool
+from cds_daemon.review.cases import case_key
 from cds_daemon.store import NewInstance, Store
+from cds_daemon.store.spool import Spool
 
 
 def receive(store: Store, spool: Spool, data: bytes, calling_ae: str = "STORESCU") -> str:
@@ -28,6 +29,11 @@ def receive(store: Store, spool: Spool, data: bytes, calling_ae: str = "STORESCU
             spool_path=str(spooled.path),
             size_bytes=spooled.size,
             sha256=spooled.sha256,
+            case_key=case_key(
+                accession_number=str(ds.get("AccessionNumber", "")),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                sop_instance_uid=uid,
+            ),
         ),
         actor="test",
     )

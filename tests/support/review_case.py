@@ -1,15 +1,16 @@
-"""Referred cases made in-process by the real worker (real bundle, real report builders, real store)."""
+"""Referred cases made in-process by the worker's steps (real bundle, real report builders, real store)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-from cds_daemon.config import Destination, Settings, StorageSettings, WebSettings
-from cds_daemon.engine import Engine
-from cds_daemon.spool import Spool
+from cds_daemon.analysis.engine import Engine
+from cds_daemon.analysis.pipeline import prediction_record, process_image
+from cds_daemon.common.config import Destination, Settings, StorageSettings, WebSettings
+from cds_daemon.reports.files import write_objects
 from cds_daemon.store import Store, WorklistItem
-from cds_daemon.worker import Worker
+from cds_daemon.store.spool import Spool
 from dicom_fixtures.synth import make_bad_field, make_field
 from dicom_fixtures.wrap import wrap_image
 from tests.support.received import receive
@@ -27,7 +28,8 @@ def review_settings(data_dir: Path, bundle: Path) -> Settings:
 def receive_and_process(store: Store, settings: Settings, engine: Engine, pixels_list: list, seed: int) -> list[str]:
     """Wrap each image as one study (same seed = same patient and accession), store and run the worker."""
     spool = Spool(settings.storage.spool_dir)
-    worker = Worker(settings, store, engine)
+    results = Spool(settings.storage.results_dir)
+    destinations = [d.name for d in settings.destinations]
     uids = []
     for n, pixels in enumerate(pixels_list, start=1):
         ds = wrap_image(pixels, "vl-microscopic", "explicit", seed=seed, instance_number=n)
@@ -36,7 +38,9 @@ def receive_and_process(store: Store, settings: Settings, engine: Engine, pixels
         uid = receive(store, spool, buf.getvalue())
         instance = store.claim_next(actor="test")
         assert instance is not None
-        worker.handle(instance)
+        processed = process_image(Path(instance.spool_path), engine, settings)  # what the worker's stages run
+        outputs = write_objects(results, processed.objects)
+        store.record_result(uid, prediction_record(processed), outputs, destinations, actor="worker")
         uids.append(uid)
     return uids
 

@@ -1,0 +1,205 @@
+"""The inference worker: received instance -> prediction, triage, result objects -> outbox.
+
+Instances are claimed from the store in arrival order (see :class:`Worker` for the stages).
+A failure on one image (decode, model, report, even a crash of the helper process) marks that
+instance ``failed`` with the reason and keeps its file; the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
+from typing import Any
+
+from cds_daemon.analysis.decode import DecodeError
+from cds_daemon.analysis.engine import Engine
+from cds_daemon.analysis.helper import BrokenProcessPool, Offload, PreparedPixels, ReportOutputs
+from cds_daemon.analysis.pipeline import Inferred, infer, make_record
+from cds_daemon.common.config import Settings
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
+from cds_daemon.store import Instance, OutputObject, Store
+
+log = get_logger("worker")
+
+#: Images decoded ahead of the model; also bounds the cases waiting for their reports.
+LOOKAHEAD = 2
+
+
+class OffloadCrash(RuntimeError):
+    """The helper process died twice on the same image."""
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A case between the model thread and the recorder: its reports are being built."""
+
+    instance: Instance
+    started: float
+    prepare_ms: float
+    inferred: Inferred
+    reports: Future[ReportOutputs]
+
+
+class Worker:
+    """Claims received instances and runs the pipeline on them.
+
+    In the daemon (:meth:`start`) it is a three-stage pipeline, so the model never waits for I/O or
+    report building: the helper process (:mod:`cds_daemon.analysis.helper`) decodes the next images while
+    the model thread runs the ensemble on this one, then builds and writes its reports while the
+    model goes on; a recorder thread commits each finished case to the store.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        on_reported: Callable[[], None] = lambda: None,
+        on_heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.on_heartbeat = on_heartbeat
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.on_reported = on_reported
+        self.wake_event = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._finished: queue.Queue[_InFlight | None] = queue.Queue(maxsize=LOOKAHEAD + 1)
+        self.offload: Offload | None = None
+        self.last_heartbeat = time.monotonic()
+
+    def start(self) -> None:
+        self.offload = Offload(self.settings)
+        self.offload.start()
+        self._threads = [
+            threading.Thread(target=self._model_loop, name="inference-worker", daemon=True),
+            threading.Thread(target=self._record_loop, name="result-recorder", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, finish what is in flight (at most a few images), stop the helper process."""
+        self._stop.set()
+        self.wake_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.offload is not None:
+            self.offload.close()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def _claim_ahead(self, ahead: deque[tuple[Instance, float, Future[PreparedPixels]]]) -> None:
+        assert self.offload is not None
+        while len(ahead) < LOOKAHEAD and not self._stop.is_set():
+            instance = self.store.claim_next(actor="worker")
+            if instance is None:
+                return
+            ahead.append(
+                (instance, time.perf_counter(), self.offload.prepare(instance.sop_instance_uid, instance.spool_path))
+            )
+
+    def _model_loop(self) -> None:
+        ahead: deque[tuple[Instance, float, Future[PreparedPixels]]] = deque()
+        try:
+            while not self._stop.is_set() or ahead:
+                self.last_heartbeat = time.monotonic()
+                self.on_heartbeat()
+                self._claim_ahead(ahead)
+                if not ahead:
+                    self.wake_event.wait(0.5)
+                    self.wake_event.clear()
+                    continue
+                instance, started, prepared_future = ahead.popleft()
+                self._claim_ahead(ahead)  # the helper decodes the next image while the model runs this one
+                self._infer_one(instance, started, prepared_future)
+        finally:
+            self._finished.put(None)
+
+    def _offloaded(self, future: Future[Any], job: str, *args: Any) -> Any:
+        """The job's result; when its helper process died, once more on its own."""
+        assert self.offload is not None
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            log.error("offload_died", job=job, sop_instance_uid=args[0], detail="retrying the image on its own")
+            try:
+                return self.offload.retry_alone(job, *args)
+            except BrokenProcessPool as exc:
+                raise OffloadCrash(f"the helper process died twice on this image during {job}") from exc
+
+    def _infer_one(self, instance: Instance, started: float, prepared_future: Future[PreparedPixels]) -> None:
+        assert self.offload is not None
+        uid, path = instance.sop_instance_uid, instance.spool_path
+        try:
+            prepared: PreparedPixels = self._offloaded(prepared_future, "prepare", uid, path)
+            inferred = infer(prepared.rgb, prepared.quality, self.engine, self.settings)
+            report_future = self.offload.report(uid, path, inferred.result)
+        except CancelledError:
+            self._left_for_restart(uid)
+            return
+        except Exception as exc:  # one bad image must never stop the worker
+            self._failed_with(uid, exc)
+            return
+        self._finished.put(_InFlight(instance, started, prepared.ms, inferred, report_future))
+
+    def _record_loop(self) -> None:
+        while (item := self._finished.get()) is not None:
+            uid = item.instance.sop_instance_uid
+            try:
+                made: ReportOutputs = self._offloaded(
+                    item.reports, "report", uid, item.instance.spool_path, item.inferred.result
+                )
+                timings = {
+                    "prepare": item.prepare_ms,
+                    "model": item.inferred.ms,
+                    "reports": made.ms,
+                    "total": (time.perf_counter() - item.started) * 1000,
+                }
+                self._record(uid, item.inferred, made.outputs, {k: round(v, 1) for k, v in timings.items()})
+            except CancelledError:
+                self._left_for_restart(uid)
+            except Exception as exc:  # one bad image must never stop the worker
+                self._failed_with(uid, exc)
+
+    def _left_for_restart(self, uid: str) -> None:
+        """A stop that ran out of time cancelled this image's job: it stays claimed and is redone at start."""
+        log.info("instance_left_for_restart", sop_instance_uid=uid)
+
+    def _record(self, uid: str, inferred: Inferred, outputs: list[OutputObject], timings: dict[str, float]) -> None:
+        destinations = [d.name for d in self.settings.destinations]
+        record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
+        self.store.record_result(uid, record, outputs, destinations, actor="worker")
+        pred = inferred.prediction
+        INFERENCE_SECONDS.observe(inferred.ms / 1000)
+        PIPELINE_SECONDS.observe(timings["total"] / 1000)
+        log.info(
+            "instance_reported",
+            sop_instance_uid=uid,
+            predicted=pred.label,
+            confidence=round(pred.confidence, 4),
+            referred=inferred.triage.referred,
+            reasons=list(inferred.triage.reasons),
+            ms=timings,
+        )
+        self.on_reported()
+
+    def _failed_with(self, uid: str, exc: Exception) -> None:
+        if isinstance(exc, DecodeError):
+            self._fail(uid, str(exc))
+            return
+        log.exception("processing_failed", sop_instance_uid=uid)
+        self._fail(uid, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, uid: str, reason: str) -> None:
+        log.warning("instance_failed", sop_instance_uid=uid, reason=reason[:300])
+        self.store.set_state(uid, "failed", actor="worker", reason=reason[:500])

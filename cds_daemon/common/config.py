@@ -1,0 +1,324 @@
+"""Configuration: one TOML file overridden by ``CDS_*`` environment variables.
+
+Precedence (highest first): keyword arguments, environment (``CDS_LISTENER__PORT=11113``),
+the TOML file (``--config`` or ``CDS_CONFIG``), embedded defaults. The embedded defaults run
+the demo on loopback without any file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_config_file: ContextVar[Path | None] = ContextVar("cds_config_file", default=None)
+
+
+def _check_ae(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(value) or len(value) > 16:
+        raise ValueError("an AE title is 1-16 printable ASCII characters, no backslash")
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AllowedCaller(_Section):
+    """A calling AE title and the source networks it may connect from."""
+
+    ae_title: AETitle
+    addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("list at least one address or network (e.g. 10.1.2.0/24)")
+        for v in values:
+            ipaddress.ip_network(v, strict=False)
+        return values
+
+    def permits(self, address: str) -> bool:
+        """True if ``address`` lies in one of the configured networks."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.addresses)
+
+
+class TLSSettings(_Section):
+    """DICOM TLS on the listener: we present ``cert_file``; mutual TLS verifies callers against ``ca_file``."""
+
+    enabled: bool = False
+    cert_file: Path | None = Field(None, description="our certificate (PEM), chain after it")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    ca_file: Path | None = Field(None, description="CA bundle used to verify the peer")
+    require_peer_cert: bool = Field(True, description="mutual TLS: the peer must present a certificate")
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLSSettings:
+        if self.enabled:
+            missing = [n for n in ("cert_file", "key_file") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"TLS is enabled but {', '.join(missing)} is not set")
+            if self.require_peer_cert and self.ca_file is None:
+                raise ValueError("require_peer_cert needs ca_file")
+        return self
+
+
+class DestinationTLSSettings(_Section):
+    """DICOM TLS towards a destination: its certificate is always verified against ``ca_file``.
+
+    ``cert_file`` and ``key_file`` are our client certificate, for a PACS that requires mutual TLS;
+    leave both empty when it does not.
+    """
+
+    enabled: bool = False
+    cert_file: Path | None = Field(None, description="our client certificate (PEM), for mutual TLS")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    ca_file: Path | None = Field(None, description="CA bundle that the destination's certificate must verify against")
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> DestinationTLSSettings:
+        if self.enabled:
+            if self.ca_file is None:
+                raise ValueError("TLS is enabled but ca_file (to verify the destination) is not set")
+            if (self.cert_file is None) != (self.key_file is None):
+                raise ValueError("set both cert_file and key_file (mutual TLS) or neither")
+        return self
+
+
+class ListenerSettings(_Section):
+    """The DICOM listener (C-ECHO, C-STORE SCP)."""
+
+    ae_title: AETitle = "THYROID_CDS"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_callers: list[AllowedCaller] = Field(
+        default_factory=lambda: [AllowedCaller(ae_title="STORESCU"), AllowedCaller(ae_title="ORTHANC")]
+    )
+    max_associations: int = Field(16, ge=1, le=512)
+    max_pdu_size: int = Field(131072, ge=4096, le=2**26)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    max_image_pixels: int = Field(64_000_000, ge=1, description="rows x columns x frames above this: 0xA900")
+    stop_grace_s: float = Field(20.0, ge=0, description="on SIGTERM, wait this long for open associations")
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class Destination(_Section):
+    """A PACS (or other storage SCP) that receives our reports."""
+
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: DestinationTLSSettings = Field(default_factory=DestinationTLSSettings)
+    storage_commitment: bool = Field(
+        False,
+        description="ask for storage commitment after each batch; an object is delivered only once committed "
+        "(the PACS must know our AE title, host and port to send its report)",
+    )
+
+
+class EgressSettings(_Section):
+    """Sending results to the destinations (the outbox)."""
+
+    timeout_s: float = Field(30.0, gt=0, description="connect / ACSE / DIMSE timeout per association")
+    batch_size: int = Field(50, ge=1, le=1000, description="objects per association")
+    max_attempts: int = Field(12, ge=1, description="after this many failed attempts: dead letter")
+    retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles each attempt")
+    retry_max_s: float = Field(600.0, gt=0, description="longest delay between attempts")
+    poll_s: float = Field(2.0, gt=0, description="how often the outbox is scanned for due retries")
+    commitment_timeout_s: float = Field(
+        600.0, gt=0, description="no storage commitment report this long after the request: send the objects again"
+    )
+
+
+class QualitySettings(_Section):
+    """Input-quality gate thresholds (statistics on a 512 px copy of the image)."""
+
+    min_side_px: int = Field(224, ge=1, description="shorter side below this: too small")
+    min_colourfulness: float = Field(0.04, ge=0, description="mean HSV saturation below this: not colour")
+    max_brightness: float = Field(240.0, description="mean luminance above this: overexposed")
+    min_brightness: float = Field(40.0, description="mean luminance below this: underexposed")
+    max_clipped_fraction: float = Field(0.5, gt=0, le=1, description="share of clipped pixels tolerated")
+    tissue_saturation: float = Field(0.12, ge=0, le=1, description="saturation that counts as stained")
+    min_tissue_fraction: float = Field(0.01, ge=0, le=1, description="stained share below this: empty field")
+    min_sharpness: float = Field(8.0, ge=0, description="Laplacian variance below this: out of focus")
+
+
+class TriageSettings(_Section):
+    """When a prediction goes to the expert-review worklist. Every reason that applies is recorded."""
+
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="refer below this calibrated confidence; empty = the bundle's value"
+    )
+    refer_indeterminate: bool = True
+    refer_ensemble_disagreement: bool = True
+    refer_conformal_not_singleton: bool = True
+    refer_ood: bool = True
+    refer_quality: bool = True
+
+
+class HealthSettings(_Section):
+    """HTTP health (/healthz/live, /healthz/ready) and Prometheus metrics (/metrics)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8044, ge=0, le=65535, description="0 = any free port (tests)")
+    worker_stall_s: float = Field(120.0, gt=0, description="not ready when the worker loop is silent this long")
+
+
+class WorklistSettings(_Section):
+    """The expert-review worklist: escalation of waiting cases and the daily summary log line."""
+
+    escalate_after_hours: float = Field(24.0, gt=0, description="open or in review longer than this: escalated")
+    escalation_check_minutes: float = Field(5.0, gt=0, description="how often overdue items are looked for")
+    summary_hour_utc: int = Field(6, ge=0, le=23, description="hour (UTC) of the daily worklist summary log line")
+
+
+class WebSettings(_Section):
+    """The reviewers' web page (worklist, case view, decisions, admin statistics)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8043, ge=0, le=65535, description="0 = any free port (tests)")
+    threads: int = Field(4, ge=1, le=64, description="request threads of the WSGI server")
+    session_minutes: float = Field(480.0, gt=0, description="a login lasts this long")
+    secret_key_file: Path | None = Field(
+        None, description="key that signs session cookies; empty = web-secret.key in the data directory"
+    )
+    cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind a TLS proxy)")
+    max_failed_logins: int = Field(5, ge=1, description="failed logins per user name before a 15-minute lockout")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class StorageSettings(_Section):
+    """Where received files and the database live."""
+
+    data_dir: Path = Path("var/data")
+    min_free_mb: int = Field(512, ge=0, description="below this free space new stores get 0xA700")
+    max_used_percent: float = Field(95.0, gt=0, le=100, description="disk usage above this: new stores get 0xA700")
+    retention_days: float | None = Field(
+        30, gt=0, description="delete delivered images and results after this many days (rows stay); empty = never"
+    )
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        """The SR, heatmap and KOS files the worker made, until egress has delivered them."""
+        return self.data_dir / "results"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "cds.sqlite3"
+
+
+class Settings(BaseSettings):
+    """All daemon settings. ``deploy/config.example.toml`` documents every field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDS_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    destinations: list[Destination] = Field(
+        default_factory=lambda: [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)]
+    )
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
+    worker_threads: int = Field(
+        1, ge=1, le=64, description="ONNX Runtime intra-op threads (the worker's helper process takes one more core)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names every offending field."""
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (or ``$CDS_CONFIG``), the environment and defaults."""
+    path_value = config_file if config_file is not None else os.environ.get("CDS_CONFIG")
+    path = Path(path_value) if path_value else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {field}: {err['msg']}")
+        origin = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{origin}:\n" + "\n".join(lines)) from None
+    except Exception as exc:  # tomllib.TOMLDecodeError and friends
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    finally:
+        _config_file.reset(token)

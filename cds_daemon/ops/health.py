@@ -1,0 +1,66 @@
+"""Health and metrics over HTTP: /healthz/live, /healthz/ready (with reasons), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.ops.metrics import REGISTRY
+
+log = get_logger("health")
+
+#: Returns the reasons the service is not ready; empty = ready.
+ReadinessCheck = Callable[[], list[str]]
+
+
+class HealthServer:
+    def __init__(self, address: str, port: int, readiness: ReadinessCheck, liveness: ReadinessCheck) -> None:
+        self.readiness = readiness
+        self.liveness = liveness
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                elif self.path in ("/healthz/live", "/healthz"):
+                    self._json(outer.liveness())
+                elif self.path == "/healthz/ready":
+                    self._json(outer.readiness())
+                else:
+                    self._send(404, b'{"error": "not found"}', "application/json")
+
+            def _json(self, problems: list[str]) -> None:
+                body = json.dumps({"ok": not problems, "reasons": problems}).encode()
+                self._send(200 if not problems else 503, body, "application/json")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("health_started", port=self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

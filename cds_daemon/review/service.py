@@ -1,0 +1,235 @@
+"""Reviewer decisions: one code path for the web page and the CLI.
+
+A decision on a referred image becomes a verified TID 1500 SR whose predecessor is the AI
+SR; it is written durably to the results spool, recorded with its outbox rows in one store
+transaction, and egress sends it like any other result. The scheduled worklist jobs are in
+:mod:`cds_daemon.review.jobs`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+
+from cds_daemon.common.config import Settings
+from cds_daemon.common.manifest import read_manifest
+from cds_daemon.common.vocabulary import OutputKind, ReviewDecision
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.store import Decision, PredictionRecord, Store, User, WorklistItem
+from cds_daemon.store.spool import Spool
+
+if TYPE_CHECKING:  # the report builders pull in highdicom: loaded when a decision is made, not by every CLI call
+    from cds_daemon.reports.result import AIResult
+
+log = get_logger("review")
+
+MAX_COMMENT = 2000
+
+
+class ReviewError(Exception):
+    """A decision that cannot be made (unknown item, wrong class, missing file...); the message says why."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Class codes and display names, in the model's order."""
+
+    classes: tuple[str, ...]
+    display_names: tuple[str, ...]
+
+    def display(self, code: str | None) -> str:
+        if code is None:
+            return "—"
+        return dict(zip(self.classes, self.display_names, strict=True)).get(code, code)
+
+    def short(self, code: str | None) -> str:
+        """The display name without its parenthesis: "Malignant (Bethesda VI)" -> "Malignant"."""
+        return self.display(code).split(" (", 1)[0]
+
+    def detail(self, code: str | None) -> str:
+        """The parenthesis of the display name, if any: "Bethesda VI"."""
+        name = self.display(code)
+        return name.split(" (", 1)[1].rstrip(")") if " (" in name else ""
+
+
+@functools.lru_cache(maxsize=4)
+def _labels_from_bundle(bundle_dir: Path) -> Labels:
+    manifest = read_manifest(bundle_dir)
+    return Labels(tuple(manifest.classes), tuple(manifest.display_names))
+
+
+def labels_for(settings: Settings) -> Labels:
+    if settings.model_bundle is None:
+        raise ReviewError("model_bundle is not configured: the class names of the predictions are unknown")
+    return _labels_from_bundle(settings.model_bundle)
+
+
+def rebuild_ai_result(prediction: PredictionRecord, labels: Labels) -> AIResult:
+    """The AIResult the worker made, from the stored prediction (the CAM is not stored and not needed)."""
+    from cds_daemon.reports.result import AIResult
+
+    probs = prediction.probabilities or [0.0] * len(labels.classes)
+    if len(probs) != len(labels.classes):
+        raise ReviewError(
+            f"the prediction has {len(probs)} probabilities but the bundle has {len(labels.classes)} classes"
+        )
+    detail = prediction.detail
+    basic = detail.get("basic", {}).get("probabilities") or None
+    premium = detail.get("premium", {}).get("probabilities") or None
+    return AIResult(
+        classes=labels.classes,
+        display_names=labels.display_names,
+        probabilities=tuple(float(p) for p in probs),
+        predicted=prediction.predicted or "",
+        conformal_set=tuple(detail.get("conformal_set", ())),
+        referred=prediction.referred,
+        reasons=tuple(prediction.reasons),
+        reason_texts=tuple(detail.get("reason_texts", ())),
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        model_sha256=prediction.model_sha256,
+        cam=None,
+        basic_probabilities=None if basic is None else tuple(float(p) for p in basic),
+        premium_probabilities=None if premium is None else tuple(float(p) for p in premium),
+    )
+
+
+class ReviewService:
+    """Validates and records decisions; ``on_queued`` is called when a review SR is waiting in the outbox."""
+
+    def __init__(self, settings: Settings, store: Store, *, on_queued: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self.store = store
+        self.results = Spool(settings.storage.results_dir)
+        self.on_queued = on_queued
+        self._lock = threading.Lock()  # two reviewers on one image must not get the same SR sequence number
+
+    @property
+    def labels(self) -> Labels:
+        return labels_for(self.settings)
+
+    def item(self, item_id: int) -> WorklistItem:
+        item = self.store.worklist_get(item_id)
+        if item is None:
+            raise ReviewError(f"no worklist item {item_id}")
+        return item
+
+    def ai_result(self, sop_instance_uid: str) -> AIResult:
+        prediction = self.store.get_prediction(sop_instance_uid)
+        if prediction is None:
+            raise ReviewError(f"no prediction for image {sop_instance_uid}")
+        return rebuild_ai_result(prediction, self.labels)
+
+    def ai_sr_path(self, sop_instance_uid: str) -> Path:
+        """The AI SR file: from its outbox row, else where the worker spooled it."""
+        for out in self.store.outbox_items(sop_instance_uid):
+            if out.kind == OutputKind.SR and Path(out.path).is_file():
+                return Path(out.path)
+        prediction = self.store.get_prediction(sop_instance_uid)
+        uid = (prediction.detail.get("objects", {}) if prediction else {}).get("sr")
+        if uid and self.results.path_for(uid).is_file():
+            return self.results.path_for(uid)
+        raise ReviewError(f"the AI SR of image {sop_instance_uid} is no longer on disk")
+
+    def decide(
+        self,
+        item_id: int,
+        decision: str,
+        reviewer: str,
+        *,
+        images: Sequence[str] | None = None,
+        final_class: str | None = None,
+        comment: str | None = None,
+    ) -> list[Decision]:
+        """Record ``decision`` for the given images of the item (default: every undecided one)."""
+        user = self.store.get_user(reviewer)
+        if user is None or user.disabled:
+            raise ReviewError(f"{reviewer!r} is not an active user")
+        if decision not in {str(d) for d in ReviewDecision}:
+            raise ReviewError(f"decision must be one of {', '.join(ReviewDecision)}")
+        comment = (comment or "").strip() or None
+        if comment is not None and len(comment) > MAX_COMMENT:
+            raise ReviewError(f"a comment has at most {MAX_COMMENT} characters")
+        item = self.item(item_id)
+        targets = list(images) if images else [u for u in item.images if u not in item.decided]
+        if not targets:
+            raise ReviewError(f"every image of worklist item {item_id} already has a decision")
+        unknown = [u for u in targets if u not in item.images]
+        if unknown:
+            raise ReviewError(f"not in worklist item {item_id}: {', '.join(unknown)}")
+        plans = [(uid, self._final_class(uid, decision, final_class)) for uid in targets]
+        with self._lock:
+            made = [self._decide_one(item, uid, decision, final, comment, user) for uid, final in plans]
+        self.on_queued()
+        return made
+
+    def _final_class(self, uid: str, decision: str, final_class: str | None) -> tuple[str | None, str | None]:
+        """(AI class, reviewer's class) after checking that the decision makes sense for this image."""
+        result = self.ai_result(uid)
+        try:
+            return result.predicted or None, result.final_class(decision, final_class)
+        except ValueError as exc:
+            raise ReviewError(f"image {uid}: {exc}") from exc
+
+    def _decide_one(
+        self,
+        item: WorklistItem,
+        uid: str,
+        decision: str,
+        classes: tuple[str | None, str | None],
+        comment: str | None,
+        user: User,
+    ) -> Decision:
+        from cds_daemon.reports.files import write_objects
+        from cds_daemon.reports.sr import build_review_sr
+
+        ai_class, final_class = classes
+        instance = self.store.get_instance(uid)
+        if instance is None or not instance.on_disk:
+            raise ReviewError(f"the source image {uid} is no longer on disk")
+        source = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
+        ai_sr = pydicom.dcmread(self.ai_sr_path(uid))
+        sequence = 1 + sum(d.sop_instance_uid == uid for d in self.store.decisions(item.id))
+        sr = build_review_sr(
+            source,
+            ai_sr,
+            reviewer_name=user.full_name or user.username,
+            reviewer_role="Cytopathologist",
+            decision=decision,
+            final_class=final_class,
+            comment=comment,
+            decided_at=datetime.now(UTC),
+            sequence=sequence,
+            result=self.ai_result(uid),
+        )
+        (review_sr,) = write_objects(self.results, [(OutputKind.REVIEW_SR, sr)])
+        made = self.store.record_decision(
+            worklist_id=item.id,
+            sop_instance_uid=uid,
+            reviewer=user.username,
+            decision=decision,
+            ai_class=ai_class,
+            final_class=final_class,
+            comment=comment,
+            review_sr=review_sr,
+            destinations=[d.name for d in self.settings.destinations],
+        )
+        log.info(
+            "review_decision",
+            worklist_id=item.id,
+            sop_instance_uid=uid,
+            reviewer=user.username,
+            decision=decision,
+            ai_class=ai_class,
+            final_class=final_class,
+            review_sr_uid=review_sr.object_uid,
+            sequence=sequence,
+        )
+        return made

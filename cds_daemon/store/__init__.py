@@ -1,0 +1,173 @@
+"""The store: all persistent state of the daemon, and the one package that holds SQL.
+
+``Store`` is the facade every other module uses. Its methods live with their aggregate:
+instances (and predictions, refusals), outbox, worklist (and decisions), users, statistics;
+the transactions that span aggregates (a result, a reviewer's decision) are defined here.
+The durable file spools (received images, result objects) are in :mod:`cds_daemon.store.spool`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cds_daemon.common.clock import timestamp
+from cds_daemon.store.instances import TRANSITIONS, InstanceStore
+from cds_daemon.store.outbox import OutboxStore
+from cds_daemon.store.records import (
+    Decision,
+    Instance,
+    NewInstance,
+    OutboxItem,
+    OutputObject,
+    PredictionRecord,
+    StateError,
+    User,
+    WorklistItem,
+)
+from cds_daemon.store.statistics import StatisticsStore
+from cds_daemon.store.users import UserStore
+from cds_daemon.store.worklist import WorklistStore
+
+__all__ = [
+    "TRANSITIONS",
+    "Decision",
+    "Instance",
+    "NewInstance",
+    "OutboxItem",
+    "OutputObject",
+    "PredictionRecord",
+    "StateError",
+    "Store",
+    "User",
+    "WorklistItem",
+]
+
+
+class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStore):
+    """All persistent state of the daemon. Thread-safe."""
+
+    def record_result(
+        self,
+        sop_instance_uid: str,
+        prediction: PredictionRecord,
+        outputs: list[OutputObject],
+        destinations: list[str],
+        *,
+        actor: str,
+    ) -> None:
+        """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
+
+        Re-running an instance replaces its prediction and re-queues its objects (their UIDs
+        are deterministic, so the PACS receives replacements, not duplicates).
+        """
+        now = timestamp()
+        p = prediction
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,
+                       predicted, probabilities, referred, reasons, detail, created_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT (sop_instance_uid) DO UPDATE SET model_name = excluded.model_name,
+                       model_version = excluded.model_version, model_sha256 = excluded.model_sha256,
+                       predicted = excluded.predicted, probabilities = excluded.probabilities,
+                       referred = excluded.referred, reasons = excluded.reasons, detail = excluded.detail,
+                       created_at = excluded.created_at""",
+                (
+                    sop_instance_uid,
+                    p.model_name,
+                    p.model_version,
+                    p.model_sha256,
+                    p.predicted,
+                    None if p.probabilities is None else json.dumps(p.probabilities),
+                    int(p.referred),
+                    json.dumps(p.reasons),
+                    json.dumps(p.detail),
+                    now,
+                ),
+            )
+            for out in outputs:
+                self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
+            self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None)
+            if p.referred:
+                self._worklist_add(db, sop_instance_uid, p.priority, actor)
+            if not destinations:
+                self._audit(db, actor, "no-destinations", sop_instance_uid, None)
+
+    def record_decision(
+        self,
+        *,
+        worklist_id: int,
+        sop_instance_uid: str,
+        reviewer: str,
+        decision: str,
+        ai_class: str | None,
+        final_class: str | None,
+        comment: str | None,
+        review_sr: OutputObject | None,
+        destinations: list[str],
+    ) -> Decision:
+        """Store a reviewer's decision and queue its verified SR; close the case when every image is decided."""
+        now = timestamp()
+        with self._tx() as db:
+            member = db.execute(
+                "SELECT 1 FROM worklist_images WHERE worklist_id = ? AND sop_instance_uid = ?",
+                (worklist_id, sop_instance_uid),
+            ).fetchone()
+            if member is None:
+                raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
+            cur = db.execute(
+                "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
+                " comment, review_sr_uid, decided_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    worklist_id,
+                    sop_instance_uid,
+                    reviewer,
+                    decision,
+                    ai_class,
+                    final_class,
+                    comment,
+                    review_sr.object_uid if review_sr else None,
+                    now,
+                ),
+            )
+            if review_sr is not None:
+                self._queue(db, sop_instance_uid, review_sr, destinations, now, replace=False)
+            open_images = db.execute(
+                "SELECT COUNT(*) FROM worklist_images wi WHERE wi.worklist_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM decisions d WHERE d.worklist_id = wi.worklist_id"
+                " AND d.sop_instance_uid = wi.sop_instance_uid)",
+                (worklist_id,),
+            ).fetchone()[0]
+            if open_images == 0:
+                db.execute("UPDATE worklist SET status = 'done', updated_at = ? WHERE id = ?", (now, worklist_id))
+            self._audit(
+                db,
+                reviewer,
+                f"decision:{decision}",
+                sop_instance_uid,
+                {"worklist_id": worklist_id, "ai_class": ai_class, "final_class": final_class},
+            )
+            row = db.execute("SELECT * FROM decisions WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Decision(**dict(row))
+
+    def mark_delivered(self, item_id: int, *, actor: str) -> bool:
+        """Mark one object delivered; returns True when that completed its source instance."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid, kind, destination FROM outbox WHERE id = ?", (item_id,)
+            ).fetchone()
+            db.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + (commit_txn IS NULL), last_error = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (timestamp(), item_id),
+            )
+            uid = row["sop_instance_uid"]
+            self._audit(db, actor, f"delivered:{row['kind']}", uid, {"destination": row["destination"]})
+            left = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE sop_instance_uid = ? AND state != 'delivered'", (uid,)
+            ).fetchone()[0]
+            state = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()[0]
+            if left == 0 and state == "reported":
+                self._transition(db, uid, "delivered", actor, None)
+                return True
+        return False

@@ -1,0 +1,216 @@
+"""Instances: received images and their state machine, predictions, and refused stores."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from cds_daemon.common.clock import timestamp
+from cds_daemon.common.vocabulary import ROUTINE_PRIORITY, InstanceState
+from cds_daemon.store.database import StoreBase
+from cds_daemon.store.records import Instance, NewInstance, PredictionRecord, StateError
+
+#: Allowed state transitions. ``processing -> received`` is the restart path.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    InstanceState.RECEIVED: frozenset({InstanceState.PROCESSING}),
+    InstanceState.PROCESSING: frozenset(
+        {InstanceState.REPORTED, InstanceState.REJECTED, InstanceState.FAILED, InstanceState.RECEIVED}
+    ),
+    InstanceState.REPORTED: frozenset({InstanceState.DELIVERED, InstanceState.RECEIVED}),
+    InstanceState.DELIVERED: frozenset({InstanceState.RECEIVED}),
+    InstanceState.REJECTED: frozenset({InstanceState.RECEIVED}),
+    InstanceState.FAILED: frozenset({InstanceState.RECEIVED}),
+}
+
+
+class InstanceStore(StoreBase):
+    def record_received(self, new: NewInstance, actor: str) -> bool:
+        """Insert a received instance. Returns False if the SOPInstanceUID was already known."""
+        now = timestamp()
+        with self._tx() as db:
+            cur = db.execute(
+                """INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,
+                       series_instance_uid, accession_number, transfer_syntax_uid, calling_ae,
+                       peer_address, spool_path, size_bytes, sha256, case_key, state, received_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'received',?,?)
+                   ON CONFLICT (sop_instance_uid) DO NOTHING""",
+                (
+                    new.sop_instance_uid,
+                    new.sop_class_uid,
+                    new.study_instance_uid,
+                    new.series_instance_uid,
+                    new.accession_number,
+                    new.transfer_syntax_uid,
+                    new.calling_ae,
+                    new.peer_address,
+                    new.spool_path,
+                    new.size_bytes,
+                    new.sha256,
+                    new.case_key,
+                    now,
+                    now,
+                ),
+            )
+            inserted = cur.rowcount == 1
+            self._audit(db, actor, "received" if inserted else "received-duplicate", new.sop_instance_uid, None)
+        return inserted
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return row is not None
+
+    def get_instance(self, sop_instance_uid: str) -> Instance | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return Instance(**dict(row)) if row else None
+
+    def instances(self, state: str | None = None, limit: int = 1000) -> list[Instance]:
+        query = "SELECT * FROM instances"
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            args = (state,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [Instance(**dict(r)) for r in rows]
+
+    def known_spool_paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT spool_path FROM instances")}
+
+    def set_state(self, sop_instance_uid: str, new_state: str, *, actor: str, reason: str | None = None) -> None:
+        """Move an instance along the state machine; refuses transitions it does not allow."""
+        if new_state not in {str(v) for v in InstanceState}:
+            raise StateError(f"unknown state {new_state!r}")
+        with self._tx() as db:
+            self._transition(db, sop_instance_uid, new_state, actor, reason)
+
+    def _transition(
+        self, db: sqlite3.Connection, sop_instance_uid: str, new_state: str, actor: str, reason: str | None
+    ) -> None:
+        row = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        if row is None:
+            raise StateError(f"no instance {sop_instance_uid}")
+        if new_state not in TRANSITIONS[row["state"]]:
+            raise StateError(f"{sop_instance_uid}: {row['state']} -> {new_state} is not allowed")
+        db.execute(
+            "UPDATE instances SET state = ?, state_reason = ?, updated_at = ?,"
+            " attempts = attempts + (CASE WHEN ? = 'processing' THEN 1 ELSE 0 END)"
+            " WHERE sop_instance_uid = ?",
+            (new_state, reason, timestamp(), new_state, sop_instance_uid),
+        )
+        self._audit(db, actor, f"state:{row['state']}->{new_state}", sop_instance_uid, reason)
+
+    def claim_next(self, actor: str) -> Instance | None:
+        """Atomically take the oldest ``received`` instance and mark it ``processing``."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid FROM instances WHERE state = 'received' ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            uid = row[0]
+            db.execute(
+                "UPDATE instances SET state = 'processing', updated_at = ?, attempts = attempts + 1"
+                " WHERE sop_instance_uid = ?",
+                (timestamp(), uid),
+            )
+            self._audit(db, actor, "state:received->processing", uid, None)
+        return self.get_instance(uid)
+
+    def requeue_interrupted(self, actor: str) -> int:
+        """After a restart, instances left ``processing`` go back to ``received``."""
+        with self._tx() as db:
+            uids = [r[0] for r in db.execute("SELECT sop_instance_uid FROM instances WHERE state = 'processing'")]
+            db.execute(
+                "UPDATE instances SET state = 'received', state_reason = 'requeued after restart',"
+                " updated_at = ? WHERE state = 'processing'",
+                (timestamp(),),
+            )
+            for uid in uids:
+                self._audit(db, actor, "state:processing->received", uid, "requeued after restart")
+        return len(uids)
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall()
+        counts = dict.fromkeys((str(v) for v in InstanceState), 0)
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def purgeable(self, before: str, limit: int = 500) -> list[tuple[str, list[str]]]:
+        """Delivered instances last updated before ``before`` whose files are still on disk:
+        (uid, [spool file, result files])."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, spool_path FROM instances WHERE state = 'delivered' AND purged_at IS NULL"
+                " AND updated_at < ? ORDER BY id LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            out = []
+            for uid, spool_path in rows:
+                results = [r[0] for r in self._db.execute("SELECT path FROM outbox WHERE sop_instance_uid = ?", (uid,))]
+                out.append((uid, [spool_path, *results]))
+        return out
+
+    def mark_purged(self, sop_instance_uid: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE instances SET purged_at = ? WHERE sop_instance_uid = ?", (timestamp(), sop_instance_uid))
+            self._audit(db, actor, "purged-files", sop_instance_uid, None)
+
+    def get_prediction(self, sop_instance_uid: str) -> PredictionRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM predictions WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        if row is None:
+            return None
+        detail = json.loads(row["detail"])
+        return PredictionRecord(
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            model_sha256=row["model_sha256"],
+            predicted=row["predicted"],
+            probabilities=None if row["probabilities"] is None else json.loads(row["probabilities"]),
+            referred=bool(row["referred"]),
+            reasons=json.loads(row["reasons"]),
+            detail=detail,
+            priority=int(detail.get("priority", ROUTINE_PRIORITY)),
+        )
+
+    def record_rejection(
+        self,
+        *,
+        status: int,
+        code: str,
+        reason: str,
+        calling_ae: str | None,
+        peer_address: str | None,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rejections (at, calling_ae, peer_address, sop_class_uid, sop_instance_uid,"
+                " status, code, reason) VALUES (?,?,?,?,?,?,?,?)",
+                (timestamp(), calling_ae, peer_address, sop_class_uid, sop_instance_uid, status, code, reason),
+            )
+
+    def rejection_counts(self) -> dict[str, int]:
+        """Rejections grouped by status (hex) and refusal code, e.g. ``{"0xA900 no_pixel_data": 2}``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COALESCE(code, 'unknown'), COUNT(*) FROM rejections GROUP BY status, code"
+            ).fetchall()
+        return {f"0x{status:04X} {code}": n for status, code, n in rows}
+
+    def recent_rejections(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest refusals with their full reasons (for ``status``; reasons name no patient data)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, calling_ae, peer_address, status, code, reason FROM rejections ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [dict(r) | {"status": f"0x{r['status']:04X}"} for r in rows]

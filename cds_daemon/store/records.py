@@ -1,0 +1,139 @@
+"""What the store hands out and takes in: plain frozen records, no SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cds_daemon.common.vocabulary import ROUTINE_PRIORITY
+
+
+class StateError(Exception):
+    """An instance was asked to make a transition the state machine does not allow."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    accession_number: str | None
+    transfer_syntax_uid: str
+    calling_ae: str
+    peer_address: str
+    spool_path: str
+    size_bytes: int
+    sha256: str
+    state: str
+    state_reason: str | None
+    attempts: int
+    received_at: str
+    updated_at: str
+    purged_at: str | None = None
+    case_key: str | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        """The received file is still there: not purged by retention, not removed by hand."""
+        return self.purged_at is None and Path(self.spool_path).is_file()
+
+
+@dataclass(frozen=True)
+class OutputObject:
+    """A DICOM object made for a source instance, waiting in the outbox."""
+
+    kind: str
+    object_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    sop_instance_uid: str
+    kind: str
+    object_uid: str
+    sop_class_uid: str
+    destination: str
+    path: str
+    state: str
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None
+    commit_txn: str | None = None  # stored, waiting for the PACS's storage commitment report
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    model_name: str
+    model_version: str
+    model_sha256: str
+    predicted: str | None
+    probabilities: list[float] | None
+    referred: bool
+    reasons: list[str]
+    detail: dict[str, Any]
+    priority: int = ROUTINE_PRIORITY  # worklist priority when referred (triage decides it)
+
+
+@dataclass(frozen=True)
+class WorklistItem:
+    id: int
+    case_key: str
+    study_instance_uid: str | None
+    accession_number: str | None
+    priority: int
+    status: str
+    assignee: str | None
+    created_at: str
+    updated_at: str
+    escalated_at: str | None
+    images: tuple[str, ...]  # source SOPInstanceUIDs
+    decided: tuple[str, ...]  # those with a decision
+    reasons: tuple[str, ...]  # union of the images' referral reasons
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    worklist_id: int
+    sop_instance_uid: str
+    reviewer: str
+    decision: str
+    ai_class: str | None
+    final_class: str | None
+    comment: str | None
+    review_sr_uid: str | None
+    decided_at: str
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    role: str
+    full_name: str
+    created_at: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What ingest knows about a received object once its file is durable."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    accession_number: str | None
+    transfer_syntax_uid: str
+    calling_ae: str
+    peer_address: str
+    spool_path: str
+    size_bytes: int
+    sha256: str
+    case_key: str  # the worklist case this image belongs to (review.cases decides)

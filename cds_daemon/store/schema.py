@@ -1,0 +1,153 @@
+"""The database schema, as the ordered list of migrations that build it.
+
+A migration is never edited once released: a change is a new one appended here. The CHECK constraints
+take their values from the vocabulary; a new value for one of them needs a migration that rebuilds
+the table (SQLite cannot alter a CHECK).
+"""
+
+from __future__ import annotations
+
+from cds_daemon.common.vocabulary import (
+    InstanceState,
+    OutboxState,
+    ReviewDecision,
+    UserRole,
+    WorklistStatus,
+    sql_values,
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        sop_class_uid TEXT NOT NULL,
+        study_instance_uid TEXT,
+        series_instance_uid TEXT,
+        accession_number TEXT,
+        transfer_syntax_uid TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        spool_path TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ({sql_values(InstanceState)})),
+        state_reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        received_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX instances_state ON instances (state, id);
+    CREATE TABLE rejections (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        calling_ae TEXT,
+        peer_address TEXT,
+        sop_class_uid TEXT,
+        sop_instance_uid TEXT,
+        status INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        sop_instance_uid TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_uid ON audit (sop_instance_uid);
+    """,
+    f"""
+    CREATE TABLE predictions (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL UNIQUE REFERENCES instances (sop_instance_uid),
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        predicted TEXT,
+        probabilities TEXT,
+        referred INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        kind TEXT NOT NULL,
+        object_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({sql_values(OutboxState)})),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (object_uid, destination)
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+    CREATE INDEX outbox_source ON outbox (sop_instance_uid);
+    """,
+    f"""
+    CREATE TABLE worklist (
+        id INTEGER PRIMARY KEY,
+        case_key TEXT NOT NULL UNIQUE,
+        study_instance_uid TEXT,
+        accession_number TEXT,
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({sql_values(WorklistStatus)})),
+        assignee TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        escalated_at TEXT
+    );
+    CREATE INDEX worklist_status ON worklist (status, priority, created_at);
+    CREATE TABLE worklist_images (
+        worklist_id INTEGER NOT NULL REFERENCES worklist (id),
+        sop_instance_uid TEXT NOT NULL UNIQUE REFERENCES instances (sop_instance_uid)
+    );
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        worklist_id INTEGER NOT NULL REFERENCES worklist (id),
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        reviewer TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ({sql_values(ReviewDecision)})),
+        ai_class TEXT,
+        final_class TEXT,
+        comment TEXT,
+        review_sr_uid TEXT,
+        decided_at TEXT NOT NULL
+    );
+    CREATE INDEX decisions_item ON decisions (worklist_id);
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ({sql_values(UserRole)})),
+        full_name TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+    """
+    ALTER TABLE instances ADD COLUMN purged_at TEXT;
+    CREATE INDEX instances_purge ON instances (state, updated_at);
+    """,
+    """
+    ALTER TABLE outbox ADD COLUMN commit_txn TEXT;
+    CREATE INDEX outbox_commit ON outbox (commit_txn);
+    """,
+    """
+    ALTER TABLE rejections ADD COLUMN code TEXT;
+    """,
+    # The worklist case of each image, decided at ingest (review.cases); rows from before take the rule of
+    # their time: the accession number, else the study.
+    """
+    ALTER TABLE instances ADD COLUMN case_key TEXT;
+    UPDATE instances SET case_key = CASE WHEN accession_number IS NOT NULL AND accession_number != ''
+        THEN 'accession:' || accession_number ELSE 'study:' || COALESCE(study_instance_uid, sop_instance_uid) END;
+    """,
+)

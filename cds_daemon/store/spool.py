@@ -1,0 +1,116 @@
+"""Durable storage of received DICOM files.
+
+A file is written to ``incoming/`` under a random name, fsynced, renamed to its final
+name, and both directories are fsynced. Only then is it durable: a crash at any point
+leaves either the complete file under its final name or nothing there (an orphan in
+``incoming/`` is removed at the next start).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class DiskFullError(Exception):
+    """Not enough space to store the object durably (reported to the sender as 0xA700)."""
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+def valid_uid(uid: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (also safe as a file name)."""
+    return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The directory of received objects, one file per SOPInstanceUID."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0, max_used_ratio: float = 1.0) -> None:
+        self.root = root
+        self.max_used_ratio = max_used_ratio
+        self.incoming = root / "incoming"
+        self.objects = root / "objects"
+        self.min_free_bytes = min_free_bytes
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.objects.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sop_instance_uid: str) -> Path:
+        if not valid_uid(sop_instance_uid):
+            raise ValueError(f"not a valid DICOM UID: {sop_instance_uid!r}")
+        shard = hashlib.sha1(sop_instance_uid.encode()).hexdigest()[:2]
+        return self.objects / shard / f"{sop_instance_uid}.dcm"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def used_ratio(self) -> float:
+        usage = shutil.disk_usage(self.root)
+        return usage.used / usage.total
+
+    def write(self, sop_instance_uid: str, data: bytes) -> SpooledFile:
+        """Store ``data`` durably under the instance's final path."""
+        final = self.path_for(sop_instance_uid)
+        if self.free_bytes() - len(data) < self.min_free_bytes:
+            raise DiskFullError(f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)")
+        if self.used_ratio() > self.max_used_ratio:
+            raise DiskFullError(f"disk usage above the configured watermark ({self.max_used_ratio:.0%})")
+        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            _fsync_dir(self.incoming)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"disk full while writing: {exc.strerror}") from exc
+            raise
+        return SpooledFile(final, len(data), hashlib.sha256(data).hexdigest())
+
+    def clean_incoming(self) -> int:
+        """Remove partial files left by a crash; they were never acknowledged."""
+        removed = 0
+        for part in self.incoming.glob("*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def unreferenced(self, known: set[str]) -> list[Path]:
+        """Complete files with no store row: written, but the crash came before the row."""
+        return [p for p in self.objects.glob("*/*.dcm") if str(p) not in known]
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a file out of the object tree without deleting it (a lost database must not
+        turn into lost images)."""
+        target_dir = self.root / "unreferenced"
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / path.name
+        os.replace(path, target)
+        _fsync_dir(target_dir)
+        return target

@@ -1,0 +1,34 @@
+"""Review page accounts."""
+
+from __future__ import annotations
+
+from cds_daemon.common.clock import timestamp
+from cds_daemon.store.database import StoreBase
+from cds_daemon.store.records import User
+
+
+class UserStore(StoreBase):
+    def create_user(self, username: str, password_hash: str, role: str, full_name: str = "", *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO users (username, password_hash, role, full_name, created_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role,"
+                " full_name = excluded.full_name, disabled = 0",
+                (username, password_hash, role, full_name, timestamp()),
+            )
+            self._audit(db, actor, "user:set", None, {"username": username, "role": role})
+
+    def get_user(self, username: str) -> User | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return None if row is None else User(**{**dict(row), "disabled": bool(row["disabled"])})
+
+    def users(self) -> list[User]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM users ORDER BY username").fetchall()
+        return [User(**{**dict(r), "disabled": bool(r["disabled"])}) for r in rows]
+
+    def disable_user(self, username: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
+            self._audit(db, actor, "user:disable", None, {"username": username})

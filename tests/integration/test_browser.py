@@ -1,0 +1,157 @@
+"""A reviewer in a real headless Chromium: login, first case, heatmap, confirm; the verified SR reaches Orthanc.
+
+Real daemon process, real Orthanc, the tiny bundle. ``CDS_UPDATE_SCREENSHOT=1`` also writes the case view
+to docs/review_case_view.png.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from cds_daemon.common.manifest import read_manifest
+from cds_daemon.reports.uids import derived_uid
+from dicom_fixtures.synth import make_bad_field, make_field
+from dicom_fixtures.wrap import wrap_image, write_dicom
+from tests.support.processes import REPO, DaemonProcess, OrthancProcess, free_port, storescu, wait_for_port
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+FAST_EGRESS = "[egress]\nretry_base_s = 0.3\nretry_max_s = 1.0\npoll_s = 0.5\ntimeout_s = 5\n"
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1600,1080",
+)
+PASSWORD = "a long password"
+
+
+def _cli(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDS_CONFIG": str(daemon.config_path)}
+    return subprocess.run(
+        [sys.executable, "-m", "cds_daemon", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        raise RuntimeError("chromium and chromedriver not found: install Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _send_case(daemon: DaemonProcess, out: Path) -> list[str]:
+    """Two fields of one study; if the model refers neither, an empty field that the quality gate refers."""
+    seed = 4242
+    files = []
+    for n, pixels in enumerate([make_field("indeterminate", seed), make_field("benign", seed + 1)], start=1):
+        ds = wrap_image(pixels, "vl-microscopic", "explicit", seed=seed, instance_number=n)
+        files.append(write_dicom(ds, out / f"{n}.dcm"))
+    assert storescu(daemon.port, *files).returncode == 0
+
+    def reported() -> bool:
+        counts = json.loads(daemon.cli("status", "--json").stdout)["instances"]
+        return counts["received"] == counts["processing"] == 0 and counts["reported"] + counts["delivered"] >= 2
+
+    wait_until(reported, 120, "the images to be analysed")
+    if not json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"]:
+        ds = wrap_image(make_bad_field("blank", seed), "vl-microscopic", seed=seed, instance_number=3)
+        blank = write_dicom(ds, out / "3.dcm")
+        assert storescu(daemon.port, blank).returncode == 0
+
+    def waiting() -> list[dict[str, object]]:
+        return list(json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"])
+
+    items = wait_until(waiting, 120, "a referred case")
+    return list(items[0]["images"])  # type: ignore[index]
+
+
+def test_reviewer_confirms_in_the_browser_and_the_verified_sr_arrives_in_orthanc(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    version = read_manifest(tiny_bundle).version
+    web_port = free_port()
+    daemon = make_daemon(
+        bundle=tiny_bundle,
+        destinations=[("pacs", "ORTHANC", orthanc.dicom_port)],
+        web_port=web_port,
+        extra_config=FAST_EGRESS,
+    ).start()
+    wait_for_port(web_port, proc=daemon.proc)
+    added = _cli(daemon, "user", "add", "dr.ana", "--full-name", "Smith, Ana", "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    (tmp_path / "in").mkdir()
+    images = _send_case(daemon, tmp_path / "in")
+
+    d = browser
+    d.get(f"http://127.0.0.1:{web_port}/worklist")
+    assert "/login" in d.current_url
+    d.find_element(By.ID, "username").send_keys("dr.ana")
+    d.find_element(By.ID, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
+    wait_until(lambda: d.find_elements(By.ID, "start-review"), 30, "the worklist")
+    assert "FIXTURE" in d.page_source  # the patient is shown to the logged-in reviewer
+    d.find_element(By.ID, "start-review").click()
+
+    wait_until(
+        lambda: d.execute_script("return document.getElementById('image').naturalWidth") == 1024, 60, "the image"
+    )
+    uid = d.find_element(By.CSS_SELECTOR, "input[name=image]").get_attribute("value")
+    assert uid in images
+    heat = d.find_element(By.ID, "heatmap")
+    assert "hidden" in heat.get_attribute("class")
+    ActionChains(d).send_keys("h").perform()  # the keyboard shortcut toggles the heatmap layer
+    wait_until(
+        lambda: d.execute_script("return document.getElementById('heatmap').naturalWidth") > 0, 60, "the heatmap"
+    )
+    assert "hidden" not in heat.get_attribute("class") and d.find_element(By.ID, "heat-toggle").is_selected()
+    zoom_before = d.find_element(By.ID, "zoom-level").text
+    d.find_element(By.ID, "zoom-in").click()
+    assert d.find_element(By.ID, "zoom-level").text != zoom_before
+
+    d.find_element(By.ID, "zoom-fit").click()
+    shot = tmp_path / "review_case_view.png"
+    d.save_screenshot(str(shot))
+    if os.environ.get("CDS_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "review_case_view.png")
+
+    ActionChains(d).send_keys("c").perform()  # confirm: the common path, one key
+    wait_until(lambda: "Decision recorded" in d.page_source or "Case complete" in d.page_source, 30, "the decision")
+
+    review_uid = derived_uid(uid, version, "review-sr:1")
+    orthanc_id = wait_until(lambda: orthanc.instance_id(review_uid), 60, "the verified SR in Orthanc")
+    sr = pydicom.dcmread(io.BytesIO(orthanc.file(str(orthanc_id))))
+    assert sr.VerificationFlag == "VERIFIED"
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Smith^Ana"
+    predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == derived_uid(uid, version, "sr")
+    assert orthanc.instance_id(predecessor.ReferencedSOPInstanceUID) is not None

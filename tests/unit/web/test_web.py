@@ -1,0 +1,251 @@
+"""HTTP tests of the review web page: login, sessions, roles, CSRF, case view, decisions, audit."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+
+from cds_daemon.analysis.engine import Engine
+from cds_daemon.common.config import Settings
+from cds_daemon.common.vocabulary import OutputKind
+from cds_daemon.review.auth import add_user
+from cds_daemon.review.service import ReviewService
+from cds_daemon.store import Store, WorklistItem
+from cds_daemon.web.app import WebContext, create_app
+from cds_daemon.web.imaging import read_header
+from cds_daemon.web.server import WebServer
+from tests.support.review_case import referred_case, review_settings
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle: Path) -> Engine:
+    return Engine(tiny_bundle, threads=2)
+
+
+@dataclass
+class Site:
+    settings: Settings
+    store: Store
+    item: WorklistItem
+    app: Flask
+
+    def client(self) -> FlaskClient:
+        return self.app.test_client()
+
+    def actions(self) -> list[str]:
+        with self.store._lock:
+            return [r[0] for r in self.store._db.execute("SELECT action FROM audit ORDER BY id")]
+
+
+@pytest.fixture
+def site(tmp_path: Path, tiny_bundle: Path, engine: Engine) -> Iterator[Site]:
+    settings = review_settings(tmp_path / "data", tiny_bundle)
+    store = Store(settings.storage.database)
+    add_user(store, "dr.ana", PASSWORD, "reviewer", "Smith, Ana", actor="test")
+    add_user(store, "boss", PASSWORD, "admin", "Jones, Bo", actor="test")
+    item = referred_case(store, settings, engine)
+    app = create_app(WebContext(settings, store, ReviewService(settings, store), engine))
+    app.testing = True
+    yield Site(settings, store, item, app)
+    store.close()
+
+
+def token(html: str) -> str:
+    match = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert match, "every page carries the CSRF token"
+    return match.group(1)
+
+
+def login(client: FlaskClient, username: str, password: str = PASSWORD) -> tuple[int, str]:
+    page = client.get("/login").get_data(as_text=True)
+    rsp = client.post("/login", data={"username": username, "password": password, "csrf_token": token(page)})
+    return rsp.status_code, rsp.headers.get("Location", "")
+
+
+def test_anonymous_sees_nothing_but_the_login_page(site: Site) -> None:
+    c = site.client()
+    uid = site.item.images[0]
+    for path in ("/worklist", f"/case/{site.item.id}", "/admin"):
+        rsp = c.get(path)
+        assert rsp.status_code == 302 and rsp.headers["Location"].startswith("/login?next=")
+    assert c.get(f"/case/{site.item.id}/image/{uid}.png").status_code == 401
+    assert c.get(f"/case/{site.item.id}/heatmap/{uid}.png").status_code == 401
+    page = c.get("/login")
+    assert page.status_code == 200 and b"FIXTURE" not in page.data
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_login_failure_success_and_logout_revokes_the_cookie(site: Site) -> None:
+    c = site.client()
+    assert login(c, "dr.ana", "wrong password!")[0] == 401
+    status, location = login(c, "dr.ana")
+    assert status == 302 and location == "/worklist"
+    cookie = c.get_cookie("cds_session")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Strict"
+    page = c.get("/worklist").get_data(as_text=True)
+    header = read_header(site.store.get_instance(site.item.images[0]).spool_path)  # type: ignore[union-attr]
+    assert header.patient_name in page and header.patient_id in page  # identifiers for a logged-in user
+
+    assert c.post("/logout", data={"csrf_token": token(page)}).status_code == 302
+    c.set_cookie("cds_session", cookie.value)  # replaying the old cookie does not bring the session back
+    assert c.get("/worklist").status_code == 302
+    actions = site.actions()
+    assert {"web:login-failed", "web:login", "web:worklist", "web:logout"} <= set(actions)
+
+
+def test_repeated_failures_lock_the_user_name(site: Site) -> None:
+    c = site.client()
+    for _ in range(site.settings.web.max_failed_logins):
+        assert login(c, "dr.ana", "wrong password!")[0] == 401
+    assert login(c, "dr.ana")[0] == 429  # even the right password, for the lockout period
+    assert "web:login-locked" in site.actions()
+
+
+def test_next_parameter_never_leaves_the_site(site: Site) -> None:
+    for target, expected in (
+        ("https://evil.example/x", "/worklist"),
+        ("//evil.example", "/worklist"),
+        ("/admin", "/admin"),
+    ):
+        c = site.client()
+        page = c.get("/login").get_data(as_text=True)
+        rsp = c.post(
+            "/login", data={"username": "boss", "password": PASSWORD, "next": target, "csrf_token": token(page)}
+        )
+        assert rsp.headers["Location"] == expected
+
+
+def test_post_without_csrf_token_is_refused(site: Site) -> None:
+    c = site.client()
+    c.get("/login")
+    assert c.post("/login", data={"username": "dr.ana", "password": PASSWORD}).status_code == 400
+    assert login(c, "dr.ana")[0] == 302
+    uid = site.item.images[0]
+    for data in ({"image": uid, "choice": "confirm"}, {"image": uid, "choice": "confirm", "csrf_token": "forged"}):
+        assert c.post(f"/case/{site.item.id}/decide", data=data).status_code == 400
+    assert site.store.decisions(site.item.id) == []
+    assert site.actions().count("web:csrf-refused") == 3
+
+
+def test_reviewer_cannot_open_admin_but_admin_can(site: Site) -> None:
+    reviewer, admin = site.client(), site.client()
+    login(reviewer, "dr.ana")
+    login(admin, "boss")
+    assert reviewer.get("/admin").status_code == 403
+    assert "web:forbidden" in site.actions()
+    page = admin.get("/admin")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "override rate" in text and "dr.ana" in text
+    assert reviewer.get(f"/case/{site.item.id}").status_code == 200
+    page = admin.get(f"/case/{site.item.id}")  # an admin may review too, without taking the case over
+    assert page.status_code == 200 and "in review by dr.ana" in page.get_data(as_text=True)
+    assert site.store.worklist_get(site.item.id).assignee == "dr.ana"  # type: ignore[union-attr]
+
+
+def test_disabling_a_user_ends_their_session(site: Site) -> None:
+    c = site.client()
+    login(c, "dr.ana")
+    assert c.get("/worklist").status_code == 200
+    site.store.disable_user("dr.ana", actor="test")
+    assert c.get("/worklist").status_code == 302
+
+
+def test_case_view_shows_the_result_and_serves_image_and_heatmap(site: Site) -> None:
+    c = site.client()
+    login(c, "dr.ana")
+    item, uid = site.item, site.item.images[0]
+    page = c.get(f"/case/{item.id}?image={uid}")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    html = page.get_data(as_text=True)
+    review = ReviewService(site.settings, site.store)
+    result = review.ai_result(uid)
+    assert result.model_version in html
+    for code, p in zip(result.classes, result.probabilities, strict=True):
+        assert f'<span class="prob-name">{review.labels.short(code)}' in html and f"{p * 100:.1f}%" in html
+    for text in result.reason_texts:
+        assert text in html
+    opened = site.store.worklist_get(item.id)
+    assert opened is not None and (opened.status, opened.assignee) == ("in_review", "dr.ana")
+    assert "web:view-case" in site.actions()
+
+    image = c.get(f"/case/{item.id}/image/{uid}.png")
+    assert image.mimetype == "image/png"
+    with Image.open(io.BytesIO(image.data)) as im:
+        assert (im.size, im.mode) == ((1024, 768), "RGB")
+    heat = c.get(f"/case/{item.id}/heatmap/{uid}.png")
+    with Image.open(io.BytesIO(heat.data)) as im:
+        assert (im.size, im.mode) == ((256, 192), "RGBA")
+    assert c.get(f"/case/{item.id}/image/1.2.3.png").status_code == 404  # only images of this case
+    assert c.get(f"/case/{item.id + 1}").status_code == 404
+
+
+def test_decisions_from_the_page_reach_the_outbox_as_verified_srs(site: Site) -> None:
+    c = site.client()
+    login(c, "dr.ana")
+    item = site.item
+    first, second = item.images
+    page = c.get(f"/case/{item.id}?image={first}").get_data(as_text=True)
+    review = ReviewService(site.settings, site.store)
+    ai_class = review.ai_result(first).predicted
+    other = next(k for k in review.labels.classes if k != ai_class)
+    rsp = c.post(
+        f"/case/{item.id}/decide",
+        data={"image": first, "choice": f"change:{other}", "comment": "  atypia  ", "csrf_token": token(page)},
+    )
+    assert rsp.status_code == 302 and rsp.headers["Location"] == f"/case/{item.id}?image={second}"
+    (decision,) = site.store.decisions(item.id)
+    assert (decision.decision, decision.final_class, decision.comment) == ("change", other, "atypia")
+
+    page = c.get(rsp.headers["Location"]).get_data(as_text=True)
+    bad = c.post(f"/case/{item.id}/decide", data={"image": second, "choice": "change:", "csrf_token": token(page)})
+    assert bad.status_code == 302 and len(site.store.decisions(item.id)) == 1  # refused with a message
+    assert "change needs" in c.get(bad.headers["Location"]).get_data(as_text=True)
+
+    rsp = c.post(f"/case/{item.id}/decide", data={"image": second, "choice": "confirm", "csrf_token": token(page)})
+    assert rsp.headers["Location"] == "/worklist"  # the case is done and nothing else waits
+    assert site.store.worklist_get(item.id).status == "done"  # type: ignore[union-attr]
+    for uid in (first, second):
+        (row,) = [o for o in site.store.outbox_items(uid) if o.kind == OutputKind.REVIEW_SR]
+        sr = pydicom.dcmread(row.path)
+        assert sr.VerificationFlag == "VERIFIED"
+        assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Smith^Ana"
+    assert site.actions().count("decision:change") == 1 and site.actions().count("decision:confirm") == 1
+
+
+def test_no_patient_identifier_in_log_lines(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    header = read_header(site.store.get_instance(site.item.images[0]).spool_path)  # type: ignore[union-attr]
+    c = site.client()
+    login(c, "dr.ana", "wrong password!")
+    login(c, "dr.ana")
+    page = c.get(f"/case/{site.item.id}").get_data(as_text=True)
+    data = {"image": site.item.images[0], "choice": "non_diagnostic", "csrf_token": token(page)}
+    assert c.post(f"/case/{site.item.id}/decide", data=data).status_code == 302
+    out = capsys.readouterr().out
+    assert "review_decision" in out and "web_login" in out
+    for value in (header.patient_name, header.patient_id, header.birth_date.replace("-", ""), "FIXTURE"):
+        assert value and value not in out
+
+
+def test_server_thread_serves_and_stops_cleanly(site: Site) -> None:
+    server = WebServer(WebContext(site.settings, site.store, ReviewService(site.settings, site.store)))
+    server.start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/login", timeout=10) as rsp:
+        assert rsp.status == 200 and rsp.headers["X-Frame-Options"] == "DENY"
+    server.stop()
+    assert not server.running
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=2):
+        pass
