@@ -17,7 +17,7 @@ from cds_daemon.common.config import Settings
 from cds_daemon.ingest.listener import Listener
 from cds_daemon.ops.health import HealthServer
 from cds_daemon.ops.logs import get_logger
-from cds_daemon.ops.metrics import REGISTRY, StoreCollector
+from cds_daemon.ops.metrics import AUDIT_UPPER_BOUND, MONITOR_ALERT, REGISTRY, StoreCollector
 from cds_daemon.ops.systemd import notify
 from cds_daemon.store import Store
 from cds_daemon.store.spool import Spool
@@ -25,6 +25,7 @@ from cds_daemon.store.spool import Spool
 if TYPE_CHECKING:  # imported when started: a service without a model bundle never loads ONNX Runtime
     from cds_daemon.analysis.worker import Worker
     from cds_daemon.egress.sender import Egress
+    from cds_daemon.review.audit import Monitoring
     from cds_daemon.web.server import WebServer
 
 log = get_logger("service")
@@ -81,6 +82,7 @@ class Service:
         self.health: HealthServer | None = None
         self.web: WebServer | None = None
         self.web_problem: str | None = None
+        self.monitoring: Monitoring | None = None
         self._last_watchdog = 0.0
         self._collector = StoreCollector(self.store, settings.storage.data_dir)
 
@@ -153,6 +155,31 @@ class Service:
         self.scheduler.add_job(
             log_daily_summary, "cron", args=(self.store,), hour=w.summary_hour_utc, id="worklist-summary", coalesce=True
         )
+        self.scheduler.add_job(
+            self.monitor,
+            "interval",
+            minutes=w.monitor_minutes,
+            id="monitoring",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+        )
+
+    def monitor(self) -> Monitoring:
+        """The audit bound and drift checks; each failing check is logged, exported and shown on the web."""
+        from cds_daemon.review.audit import check_for
+
+        manifest = self.worker.engine.manifest if self.worker is not None else None
+        result = check_for(self.store, manifest, self.settings)
+        failing = {a.kind for a in result.alerts}
+        for kind in ("audit_bound", "ood_drift", "class_mix_drift"):
+            MONITOR_ALERT.labels(kind=kind).set(int(kind in failing))
+        for version, figures in result.audit.items():
+            AUDIT_UPPER_BOUND.labels(model_version=version).set(figures["upper_bound"])
+        for alert in result.alerts:
+            log.warning("monitoring_alert", kind=alert.kind, detail=alert.text)
+        self.monitoring = result
+        return result
 
     def _start_web(self) -> None:
         """The reviewers' page. A busy port leaves DICOM ingest running and makes the daemon not ready."""
@@ -162,7 +189,13 @@ class Service:
 
         web = self.settings.web
         review = ReviewService(self.settings, self.store, on_queued=self.wake_egress)
-        ctx = WebContext(self.settings, self.store, review, self.worker.engine if self.worker else None)
+        ctx = WebContext(
+            self.settings,
+            self.store,
+            review,
+            self.worker.engine if self.worker else None,
+            alerts=lambda: self.monitoring.alerts if self.monitoring is not None else [],
+        )
         try:
             self.web = WebServer(ctx)
         except OSError as exc:

@@ -44,15 +44,19 @@ mv "$PREFIX/src.new" "$PREFIX/src"
 cp README.md "$PREFIX/README.md"
 
 if [ ! -f "$ETC/config.toml" ]; then
-  sed -e "s#^data_dir = .*#data_dir = \"$DATA\"#" -e "s#^model_bundle = .*#model_bundle = \"$DATA/bundle\"#" \
+  sed -e "s#^data_dir = .*#data_dir = \"$DATA\"#" -e "s#^model_bundle = .*#model_bundle = \"$PREFIX/bundle\"#" \
     deploy/config.example.toml > "$ETC/config.toml"
   chown root:thyroid-cds "$ETC/config.toml"; chmod 0640 "$ETC/config.toml"
   echo "install: wrote $ETC/config.toml from the example: set the AE titles, callers and destinations"
 fi
 if [ -n "$BUNDLE" ]; then
-  rm -rf "$DATA/bundle.new"; cp -r "$BUNDLE" "$DATA/bundle.new"
-  rm -rf "$DATA/bundle"; mv "$DATA/bundle.new" "$DATA/bundle"
-  chown -R thyroid-cds:thyroid-cds "$DATA/bundle"
+  # Root's, readable by the service and not writable by it (ProtectSystem=strict keeps /opt read-only too):
+  # a compromised daemon cannot rewrite its own model or the hashes that vouch for it.
+  rm -rf "$PREFIX/bundle.new"; cp -r "$BUNDLE" "$PREFIX/bundle.new"
+  chown -R root:thyroid-cds "$PREFIX/bundle.new"
+  find "$PREFIX/bundle.new" -type d -exec chmod 0750 {} +
+  find "$PREFIX/bundle.new" -type f -exec chmod 0640 {} +
+  rm -rf "$PREFIX/bundle"; mv "$PREFIX/bundle.new" "$PREFIX/bundle"
 fi
 
 install -D -m 0644 systemd/thyroid-cds.service /etc/systemd/system/thyroid-cds.service

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .identity import fake_patient
 from .morphology import CLASSES, check_difficulty
-from .synth import make_field
+from .synth import latent_severity, make_field
 
 IMAGES_PER_CASE = (1, 2, 3, 4)
 IMAGES_PER_CASE_P = (0.45, 0.25, 0.18, 0.12)
@@ -74,6 +74,7 @@ def make_dataset(
     for label in CLASSES:
         (out / label).mkdir(parents=True, exist_ok=True)
     rows: list[DatasetRow] = []
+    severities: dict[str, float] = {}
     patients: list[int] = []
     for case_no, idx in enumerate(order, start=1):
         true_label, n_images = cases[idx]
@@ -88,8 +89,10 @@ def make_dataset(
         case_id = f"FXC-{case_no:06d}"
         case_seed = _derive(seed, case_no)
         for i in range(n_images):
-            pixels = make_field(true_label, _derive(seed, case_no, i + 1), difficulty, case_seed=case_seed)
+            field_seed = _derive(seed, case_no, i + 1)
+            pixels = make_field(true_label, field_seed, difficulty, case_seed=case_seed)
             rel = f"{label}/{case_id}_{i + 1}.{image_format}"
+            severities[rel] = latent_severity(true_label, field_seed, difficulty, case_seed=case_seed)
             options = {"quality": 93} if image_format == "jpg" else {}
             Image.fromarray(pixels).save(out / rel, format=FORMATS[image_format], **options)
             rows.append(DatasetRow(rel, label, case_id, fake_patient(patient_seed).patient_id, true_label))
@@ -105,6 +108,7 @@ def make_dataset(
         "label_noise": label_noise,
         "format": image_format,
         "true_labels": {r.path: r.true_label for r in rows},
+        "severities": severities,  # latent atypia severity of each field (dicom_fixtures.bayes)
     }
     (out / "dataset.json").write_text(json.dumps(settings, indent=1) + "\n")
     return rows

@@ -87,10 +87,15 @@ def check_difficulty(difficulty: float) -> None:
         raise ValueError(f"difficulty must be within [0, 1], got {difficulty}")
 
 
+def severity_distribution(label: str, difficulty: float) -> tuple[float, float]:
+    """(mean, sd) of a class's latent severity: class centres pulled together and spread by difficulty."""
+    return 0.5 + (_CENTRE[label] - 0.5) * (1.0 - 0.5 * difficulty), 0.05 + 0.2 * difficulty
+
+
 def field_severity(label: str, rng: np.random.Generator, difficulty: float) -> float:
-    """Latent severity of one field/case: class centres pulled together and spread by difficulty."""
-    centre = 0.5 + (_CENTRE[label] - 0.5) * (1.0 - 0.5 * difficulty)
-    return float(centre + rng.normal(0.0, 0.05 + 0.2 * difficulty))
+    """Latent severity of one field/case, drawn from ``severity_distribution``."""
+    centre, sd = severity_distribution(label, difficulty)
+    return float(centre + rng.normal(0.0, sd))
 
 
 def group_severities(label: str, field: float, n: int, rng: np.random.Generator, difficulty: float) -> np.ndarray:

@@ -11,7 +11,7 @@ from .bad_fields import BAD_KINDS, render_bad_field
 from .field import render_field, sample_slide, warm_up
 from .morphology import CLASSES, check_difficulty, check_label
 
-__all__ = ["BAD_KINDS", "CLASSES", "make_bad_field", "make_field", "warm_up"]
+__all__ = ["BAD_KINDS", "CLASSES", "latent_severity", "make_bad_field", "make_field", "warm_up"]
 
 
 def _check_common(seed: int, size: tuple[int, int]) -> None:
@@ -43,6 +43,14 @@ def make_field(
     slide = sample_slide(label, slide_rng, difficulty)
     rng = np.random.default_rng([int(seed), 0xF1E1D])
     return render_field(label, slide, rng, difficulty, (int(size[0]), int(size[1])))
+
+
+def latent_severity(label: str, seed: int, difficulty: float = 0.5, *, case_seed: int | None = None) -> float:
+    """The slide's latent atypia severity behind ``make_field`` with the same arguments (no rendering)."""
+    check_label(label)
+    check_difficulty(difficulty)
+    slide_rng = np.random.default_rng([int(seed if case_seed is None else case_seed), 0x51DE])
+    return sample_slide(label, slide_rng, difficulty).severity
 
 
 def make_bad_field(kind: str, seed: int, size: tuple[int, int] = (768, 1024)) -> np.ndarray:

@@ -27,6 +27,8 @@ def _evaluate_logits(args: argparse.Namespace) -> int:
             args.out,
             alpha=args.alpha,
             confidence_threshold=args.confidence_threshold,
+            risk_alpha=args.risk_alpha,
+            risk_delta=args.risk_delta,
             n_boot=args.n_boot,
             seed=args.seed,
         )
@@ -55,9 +57,7 @@ def _add_evaluate_logits(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument(
         "--out", type=Path, default=Path("build/evaluate-logits"), help="report folder (default: %(default)s)"
     )
-    p.add_argument(
-        "--alpha", type=_unit_interval, default=0.1, help="conformal miscoverage (default: %(default)s)"
-    )
+    p.add_argument("--alpha", type=_unit_interval, default=0.1, help="conformal miscoverage (default: %(default)s)")
     p.add_argument(
         "--confidence-threshold",
         type=_unit_interval,
@@ -65,8 +65,18 @@ def _add_evaluate_logits(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="refer below this calibrated confidence (default: %(default)s)",
     )
     p.add_argument(
-        "--n-boot", type=int, default=1000, help="bootstrap resamples, 0 = none (default: %(default)s)"
+        "--risk-alpha",
+        type=_unit_interval,
+        default=0.02,
+        help="finalisation: error rate allowed among finalised images (default: %(default)s)",
     )
+    p.add_argument(
+        "--risk-delta",
+        type=_unit_interval,
+        default=0.1,
+        help="finalisation: chance the rule exceeds it (default: %(default)s)",
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples, 0 = none (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.set_defaults(handler=_evaluate_logits)
 
@@ -78,7 +88,37 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-COMMANDS: tuple[Register, ...] = (_add_evaluate_logits, register_build)
+def _evaluate(args: argparse.Namespace) -> int:
+    from cds_daemon.common.manifest import BundleError
+    from model_build.evaluate import format_summary, run_evaluate
+
+    try:
+        result = run_evaluate(args.bundle, args.data, args.out, threads=args.threads, n_boot=args.n_boot)
+    except (FileNotFoundError, ValueError, BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    if args.out is not None:
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="a bundle, as the daemon runs it, on a labelled folder of your own images",
+        description="DATA: a folder per class, a folder with labels.csv, or a CSV (path,label,case_id). Prints "
+        "macro-F1, ECE, the share finalised without review with its error and swaps, and the referral reasons.",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("data", type=Path, metavar="DATA")
+    p.add_argument("--out", type=Path, default=None, help="also write a report folder")
+    p.add_argument("--threads", type=int, default=2, help="default: %(default)s")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.set_defaults(handler=_evaluate)
+
+
+COMMANDS: tuple[Register, ...] = (_add_evaluate_logits, _add_evaluate, register_build)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ manifest.json (format ``thyroideffi-bundle/1``):
       aggregator {input, output, tokens [1, views, D]}, feature_dim}
   temperatures {basic, premium, ensemble}, ensemble {rule}
   conformal {alpha, quantiles [K], score "1 - p_y", rule}
-  thresholds {confidence, mahalanobis, energy}
+  finalisation {alpha, delta, threshold (null: nothing finalised), n_calibration, n_candidates, n_finalised,
+                errors, upper_bound, method, score, candidates, guarantee, calibration {confidence, error, candidate}}
+  thresholds {confidence (= finalisation threshold, 1.0 when null), mahalanobis, energy}
   ood {mahalanobis {features, shrinkage, percentile}, energy {definition, percentile}}
   cam {definition, grad_cam, normalisation}
   metrics {split "test", n, macro_f1, accuracy, macro_auc, ece_before, ece_after, indeterminate_recall,
@@ -52,6 +54,7 @@ def build_manifest(
     created: datetime,
     calibration: Calibration,
     metrics: dict[str, Any],
+    reference: dict[str, Any] | None = None,
     training: dict[str, Any],
     dataset: dict[str, Any],
     git_commit: str | None,
@@ -101,10 +104,19 @@ def build_manifest(
             "score": "1 - p_y",
             "rule": "class k is in the set iff 1 - p_k <= quantiles[k] (class-conditional split conformal)",
         },
+        "finalisation": {
+            **calibration.finalisation,
+            "score": "calibrated ensemble confidence (max probability)",
+            "candidates": "fields no other referral reason applies to (not Indeterminate/Suspicious, one-class "
+            "conformal set, Basic and Premium agree, in distribution, good image quality)",
+            "guarantee": "P(error rate among finalised fields > alpha) <= delta, over calibration draws",
+            "calibration": calibration.finalisation_data,
+        },
         "thresholds": {
             "confidence": calibration.confidence_threshold,
             "mahalanobis": calibration.mahalanobis_threshold,
             "energy": calibration.energy_threshold,
+            "stain": calibration.stain_threshold,
         },
         "ood": {
             "mahalanobis": {
@@ -118,6 +130,12 @@ def build_manifest(
                 "definition": "-logsumexp(raw Basic logits)",
                 "percentile": calibration.ood_percentile,
             },
+            "stain": {
+                "features": "optical-density statistics of the whole image (cds_daemon.analysis.stain.FEATURES)",
+                "statistic": "(x - stain_mean)^T stain_precision (x - stain_mean), arrays in ood_stats.npz",
+                "fitted_on": "held-out in-distribution fields (the selection split), never the training images",
+                "percentile": calibration.ood_percentile,
+            },
         },
         "cam": {
             "definition": "CAM_c = sum_k W[c,k] * feature_map[k] (cam_weights.npz W, b); mean(CAM_c) + b_c = logit_c",
@@ -127,6 +145,7 @@ def build_manifest(
             "whole-image CAM min-max on its own",
         },
         "metrics": metrics,
+        "reference": reference,
         "training": training,
         "dataset": dataset,
         "git_commit": git_commit,

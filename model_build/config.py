@@ -8,6 +8,9 @@ from typing import Any
 from model_build.splits import DEFAULT_FRACTIONS
 from model_build.stages import FULL_PER_STAGE
 
+#: timm architectures the backbone can be (both pool 1280-d features from a 7 x 7 map).
+BACKBONES = ("efficientnet_b0", "efficientnet_lite0")
+
 
 @dataclass
 class TrainConfig:
@@ -26,7 +29,9 @@ class TrainConfig:
     per_stage: dict[str, int] = field(default_factory=lambda: dict(FULL_PER_STAGE))
     max_steps: int | None = None  # stop the backbone after this many optimiser steps (smoke runs)
     time_budget_s: float | None = None  # past this, finish the epoch on whole fields only and stop
+    backbone: str = "efficientnet_b0"
     init_checkpoint: str | None = None
+    freeze_blocks: int = 0  # keep the stem and this many first blocks at their initial (ImageNet) weights
     cache_images: int = 512
     # Premium (aggregator) training on frozen backbone features
     agg_dim: int = 192
@@ -40,9 +45,10 @@ class TrainConfig:
     agg_batch_size: int = 32
     agg_patience: int = 15
     # Calibration and decision
-    alpha: float = 0.1
-    confidence_threshold: float = 0.6
-    ood_percentile: float = 99.0
+    alpha: float = 0.1  # conformal miscoverage
+    risk_alpha: float = 0.02  # finalised fields: error rate at most this ...
+    risk_delta: float = 0.1  # ... except with at most this probability (over calibration draws)
+    ood_percentile: float = 99.5
     n_boot: int = 1000
 
     def to_json(self) -> dict[str, Any]:

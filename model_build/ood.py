@@ -52,3 +52,24 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int) ->
     cov[np.diag_indices(cov.shape[0])] += 1e-6 * scale
     precision = np.linalg.inv(cov)
     return MahalanobisStats(means, (precision + precision.T) / 2.0, shrink)
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianStats:
+    mean: np.ndarray  # (F,)
+    precision: np.ndarray  # (F, F)
+
+
+def fit_gaussian(features: np.ndarray) -> GaussianStats:
+    """Mean and precision of low-dimensional features (the stain gate's), Ledoit-Wolf shrunk on the
+    standardised features so that no unit dominates the shrinkage target."""
+    x = np.asarray(features, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale <= 1e-9] = 1.0
+    z = (x - mean) / scale
+    cov, _ = ledoit_wolf(z)
+    cov[np.diag_indices(cov.shape[0])] += 1e-6
+    precision_z = np.linalg.inv(cov)
+    precision = precision_z / scale[:, None] / scale[None, :]
+    return GaussianStats(mean, (precision + precision.T) / 2.0)

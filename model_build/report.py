@@ -87,15 +87,10 @@ def _model_section(name: str, m: Mapping[str, Any]) -> list[str]:
     lines = [f"## {name}", ""]
     lines += _table(
         ["class", "precision", "recall", "F1", "AUC", "support"],
-        [
-            [c, *(m["per_class"][c][k] for k in ("precision", "recall", "f1", "auc", "support"))]
-            for c in names
-        ],
+        [[c, *(m["per_class"][c][k] for k in ("precision", "recall", "f1", "auc", "support"))] for c in names],
     )
     lines += ["Confusion matrix (rows = true, columns = predicted):", ""]
-    lines += _table(
-        ["true \\ pred", *names], [[c, *row] for c, row in zip(names, m["confusion_matrix"], strict=True)]
-    )
+    lines += _table(["true \\ pred", *names], [[c, *row] for c, row in zip(names, m["confusion_matrix"], strict=True)])
     if "conformal" in m:
         conf = m["conformal"]
         lines += ["Conformal prediction sets:", ""]
@@ -163,9 +158,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: Path
     fig.savefig(path, dpi=110)
 
 
-def plot_roc(
-    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: Path, title: str
-) -> None:
+def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:
     fig, (ax,) = _new_figure(5.0, 4.8)
     auc = metrics.roc_auc_ovr(probs, labels)
     for k, name in enumerate(class_names):
@@ -181,9 +174,7 @@ def plot_roc(
     fig.savefig(path, dpi=110)
 
 
-def plot_reliability(
-    panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, title: str
-) -> None:
+def plot_reliability(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, title: str) -> None:
     fig, axes = _new_figure(4.6 * len(panels), 4.6, ncols=len(panels))
     for ax, (name, probs) in zip(axes, panels, strict=True):
         rb = metrics.reliability_bins(probs, labels)
@@ -217,9 +208,7 @@ def plot_reliability(
     fig.savefig(path, dpi=110)
 
 
-def plot_risk_coverage(
-    curves: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, title: str
-) -> None:
+def plot_risk_coverage(curves: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, title: str) -> None:
     fig, (ax,) = _new_figure(5.0, 4.2)
     for name, probs in curves:
         cov, risk = metrics.risk_coverage_curve(probs, labels)
@@ -230,6 +219,47 @@ def plot_risk_coverage(
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize="small")
     fig.suptitle(f"{title}\nrisk-coverage", fontsize="medium")
+    fig.savefig(path, dpi=110)
+
+
+def finalisation_curve(
+    confidence: np.ndarray, wrong: np.ndarray, candidate: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coverage over all images, error among finalised, threshold) as the threshold sweeps the candidates."""
+    order = np.argsort(-confidence[candidate], kind="mergesort")
+    conf, err = confidence[candidate][order], wrong[candidate][order].astype(np.float64)
+    m = np.arange(1, conf.size + 1)
+    return m / max(confidence.size, 1), np.cumsum(err) / m, conf
+
+
+def finalisation_aurc(confidence: np.ndarray, wrong: np.ndarray, candidate: np.ndarray) -> float:
+    """Area under the finalisation risk-coverage curve, over the coverage the candidates reach."""
+    cov, risk, _ = finalisation_curve(confidence, wrong, candidate)
+    return float(risk.mean() * cov[-1]) if cov.size else 0.0
+
+
+def plot_finalisation(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, float | None]],
+    alpha: float,
+    path: Path,
+    title: str,
+) -> None:
+    """Error among finalised against the share finalised, one curve per score; the fitted threshold marked."""
+    fig, (ax,) = _new_figure(5.4, 4.2)
+    for name, conf, wrong, cand, threshold in curves:
+        cov, risk, thr = finalisation_curve(conf, wrong, cand)
+        line = ax.plot(cov, risk, label=f"{name} (AURC {finalisation_aurc(conf, wrong, cand):.4f})")[0]
+        if threshold is not None and (thr >= threshold).any():
+            i = int(np.flatnonzero(thr >= threshold)[-1])
+            ax.plot([cov[i]], [risk[i]], "o", color=line.get_color())
+            ax.annotate(f"{cov[i]:.1%}, {risk[i]:.1%}", (cov[i], risk[i]), textcoords="offset points", xytext=(5, 6))
+    ax.axhline(alpha, color="grey", linestyle="--", linewidth=1, label=f"alpha = {alpha}")
+    ax.set_xlabel("share of images finalised without review")
+    ax.set_ylabel("error rate among finalised")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.1, 3 * alpha))
+    ax.legend(loc="upper left", fontsize="small")
+    fig.suptitle(f"{title}\nfinalisation: risk-coverage (test split; dot = fitted threshold)", fontsize="medium")
     fig.savefig(path, dpi=110)
 
 
@@ -253,9 +283,7 @@ def write_report(
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     # allow_nan=False: a NaN here is a bug upstream (evaluate() already maps NaN to None).
-    (out_dir / "report.json").write_text(
-        json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
     cm = metrics.confusion_matrix(labels, probs.argmax(axis=1), probs.shape[1])
     plot_confusion_matrix(cm, class_names, out_dir / FIGURES["confusion_matrix"], title)

@@ -22,14 +22,16 @@ import timm
 import torch
 from tqdm import tqdm
 
+from cds_daemon.common.binomial import binomial_upper_bound
 from model_build import metrics
+from model_build.ceiling import bayes_ceiling
 from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.dataset import Dataset, load_dataset
-from model_build.decision import Calibration, apply, fit_calibration, referrals
-from model_build.features import extract
+from model_build.decision import Batch, Calibration, OODStats, apply, fit_calibration, referrals
+from model_build.features import extract_all
 from model_build.models import BackboneOutputs, count_parameters, create_backbone
-from model_build.ood import fit_mahalanobis
+from model_build.ood import fit_gaussian, fit_mahalanobis
 from model_build.report import write_report
 from model_build.splits import SPLITS, split_groups
 from model_build.train_basic import history_json, train_backbone, whole_views
@@ -92,11 +94,67 @@ def summary_metrics(result: dict[str, Any], ece_before: float) -> dict[str, Any]
         "macro_auc": ens["macro_auc"],
         "ece_before": ece_before,
         "ece_after": ens["ece"],
+        "ece_after_ci": ens.get("bootstrap", {}).get("ece_ci"),
         "indeterminate_recall": ens["indeterminate_recall"],
         "referral_rate": ens["referral"]["rate"],
         "conformal_coverage": ens["conformal"]["coverage"],
         "basic_macro_f1": result["models"]["basic"]["macro_f1"],
         "premium_macro_f1": result["models"]["premium"]["macro_f1"],
+        "finalised_coverage": result["finalisation"]["coverage"],
+        "finalised_error": result["finalisation"]["error"],
+        "finalised_swaps": result["finalisation"]["swaps"],
+        **(
+            {}
+            if result.get("bayes_optimal") is None
+            else {
+                "bayes_macro_f1": result["bayes_optimal"]["macro_f1"],
+                "bayes_finalised_coverage": result["bayes_optimal"]["finalised_coverage"],
+            }
+        ),
+    }
+
+
+def reference_figures(
+    out: Any, cal: Calibration, labels: np.ndarray, referred: np.ndarray, names: tuple[str, ...]
+) -> dict[str, Any]:
+    """What the daemon should see on images like the test split's: the baseline its drift checks compare with."""
+    predicted = out.probs.argmax(axis=1)
+    ood = (
+        (out.mahalanobis > cal.mahalanobis_threshold)
+        | (out.energy > cal.energy_threshold)
+        | (out.stain > cal.stain_threshold)
+    )
+    n = max(int(labels.shape[0]), 1)
+    return {
+        "split": "test",
+        "n": int(labels.shape[0]),
+        "predicted_mix": {name: float(np.mean(predicted == k)) for k, name in enumerate(names)},
+        "ood_rate": float(ood.sum() / n),
+        "referral_rate": float(np.asarray(referred).sum() / n),
+    }
+
+
+def finalised_figures(
+    probs: np.ndarray, labels: np.ndarray, referred: np.ndarray, rule: dict[str, Any]
+) -> dict[str, Any]:
+    """What the finalisation rule leaves without review on a labelled split: share, errors, swaps."""
+    finalised = ~np.asarray(referred, dtype=bool)
+    predicted = probs.argmax(axis=1)
+    wrong = finalised & (predicted != labels)
+    extremes = {0, metrics.MALIGNANT_INDEX}
+    swaps = finalised & np.isin(predicted, list(extremes)) & np.isin(labels, list(extremes)) & (predicted != labels)
+    n = int(finalised.sum())
+    return {
+        "n": int(labels.shape[0]),
+        "finalised": n,
+        "coverage": n / max(int(labels.shape[0]), 1),
+        "errors": int(wrong.sum()),
+        "error": float(wrong.sum() / n) if n else None,
+        "upper_bound": binomial_upper_bound(int(wrong.sum()), n, rule["delta"]),
+        "swaps": int(swaps.sum()),
+        "alpha": rule["alpha"],
+        "delta": rule["delta"],
+        "threshold": rule["threshold"],
     }
 
 
@@ -123,7 +181,9 @@ def train_run(
     paths = {k: [ds.samples[i].path for i in idx] for k, idx in splits.items()}
     labels = {k: np.array([ds.samples[i].label for i in idx], dtype=np.int64) for k, idx in splits.items()}
 
-    backbone = create_backbone(cfg.dropout, Path(cfg.init_checkpoint) if cfg.init_checkpoint else None)
+    backbone = create_backbone(
+        cfg.dropout, Path(cfg.init_checkpoint) if cfg.init_checkpoint else None, arch=cfg.backbone
+    )
     views = TrainViews(paths["train"], labels["train"].tolist(), seed=cfg.seed, cache_images=cfg.cache_images)
     sampler = CurriculumSampler(views.items, cfg.per_stage, seed=cfg.seed, curriculum=cfg.curriculum)
     log(
@@ -137,7 +197,7 @@ def train_run(
 
     t0 = time.perf_counter()
     outputs = BackboneOutputs(backbone).eval()
-    feats = {k: extract(outputs, paths[k], desc=f"features {k}") for k in SPLITS}
+    feats = extract_all(outputs, {k: paths[k] for k in SPLITS}, threads=cfg.threads)
     t_features = time.perf_counter() - t0
     log(f"features: {sum(len(p) for p in paths.values())} images x 13 views in {t_features:.0f} s")
 
@@ -147,26 +207,37 @@ def train_run(
     )
     t_premium = time.perf_counter() - t0
     premium = {k: aggregator_logits(aggregator, feats[k].pooled) for k in SPLITS}
-    basic = {k: feats[k].logits[:, 0] for k in SPLITS}
-    pooled0 = {k: feats[k].pooled[:, 0] for k in SPLITS}
+    batches = {k: Batch(feats[k].logits[:, 0], premium[k], feats[k].pooled[:, 0], feats[k].stain) for k in SPLITS}
 
-    ood = fit_mahalanobis(pooled0["train"], labels["train"], len(names))
+    # Held-out in-distribution features: the backbone has memorised its training images, whose features sit
+    # closer to the class means than any new field's would.
+    ood_source = "selection" if len(labels["selection"]) >= 2 * len(names) else "train"
+    ood = OODStats(
+        fit_mahalanobis(batches[ood_source].pooled0, labels[ood_source], len(names)),
+        fit_gaussian(batches[ood_source].stain),
+    )
     cal = fit_calibration(
-        basic["calibration"],
-        premium["calibration"],
-        pooled0["calibration"],
+        batches["calibration"],
         labels["calibration"],
         ood,
         alpha=cfg.alpha,
-        confidence_threshold=cfg.confidence_threshold,
         ood_percentile=cfg.ood_percentile,
+        risk_alpha=cfg.risk_alpha,
+        risk_delta=cfg.risk_delta,
+        class_names=names,
+    )
+    rule = cal.finalisation
+    log(
+        f"finalisation: threshold {rule['threshold']}, {rule['n_finalised']} of {rule['n_calibration']} "
+        f"calibration fields finalised with {rule['errors']} errors (bound {rule['upper_bound']:.4f} at "
+        f"alpha {rule['alpha']}, delta {rule['delta']})"
     )
     log(
         f"calibration: T basic {cal.temperature_basic:.3f}, premium {cal.temperature_premium:.3f}, "
         f"ensemble {cal.temperature_ensemble:.3f}; conformal q {np.round(cal.quantiles, 4).tolist()}"
     )
 
-    test = apply(cal, basic["test"], premium["test"], pooled0["test"], ood)
+    test = apply(cal, batches["test"], ood)
     referred, reasons = referrals(test, cal, names)
     y = labels["test"]
     result = {
@@ -188,6 +259,11 @@ def train_run(
         "calibration": cal.to_json(),
     }
     ece_before = metrics.ece(test.ensemble_raw_probs, y)
+    result["finalisation"] = finalised_figures(test.probs, y, referred, cal.finalisation)
+    result["reference"] = reference_figures(test, cal, y, referred, names)
+    result["bayes_optimal"] = bayes_ceiling(
+        Path(data), paths, labels, risk_alpha=cfg.risk_alpha, risk_delta=cfg.risk_delta
+    )
     result["summary"] = summary_metrics(result, ece_before)
     report_dir = Path(report_dir) if report_dir is not None else run_dir / "report"
     write_report(
@@ -202,7 +278,13 @@ def train_run(
 
     torch.save(backbone.state_dict(), run_dir / "backbone.pt")
     torch.save({"config": aggregator.config, "state_dict": aggregator.state_dict()}, run_dir / "aggregator.pt")
-    np.savez(run_dir / "ood_stats.npz", class_means=ood.class_means, precision=ood.precision)
+    np.savez(
+        run_dir / "ood_stats.npz",
+        class_means=ood.mahalanobis.class_means,
+        precision=ood.mahalanobis.precision,
+        stain_mean=ood.stain.mean,
+        stain_precision=ood.stain.precision,
+    )
     _write_json(run_dir / "config.json", cfg.to_json())
     _write_json(run_dir / "calibration.json", cal.to_json())
     _write_json(run_dir / "dataset.json", {**summary, "files": {k: [str(p) for p in v] for k, v in paths.items()}})

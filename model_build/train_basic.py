@@ -75,6 +75,22 @@ def _selection_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     return macro_f1(cm), nll
 
 
+def freeze_early_layers(model: nn.Module, n_blocks: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``n_blocks`` stages of a timm EfficientNet; returns the frozen modules.
+
+    With ImageNet weights the early stages already compute generic edges and textures; training only
+    the later stages costs about a third of full fine-tuning on a CPU and overfits less on a few
+    hundred fields.
+    """
+    if n_blocks <= 0:
+        return []
+    frozen: list[nn.Module] = [model.conv_stem, model.bn1, *list(model.blocks)[:n_blocks]]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
 def train_backbone(
     model: nn.Module,
     views: TrainViews,
@@ -93,7 +109,8 @@ def train_backbone(
     loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=0)
     n_classes = int(model.get_classifier().out_features)
     criterion = nn.CrossEntropyLoss(weight=class_weights(views.labels, n_classes), label_smoothing=cfg.label_smoothing)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen = freeze_early_layers(model, cfg.freeze_blocks)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[EpochLog] = []
     best: tuple[float, float] | None = None
     best_state = copy.deepcopy(model.state_dict())
@@ -105,6 +122,8 @@ def train_backbone(
         sampler.set_epoch(epoch)
         views.set_epoch(epoch)
         model.train()
+        for module in frozen:
+            module.eval()  # frozen layers keep their ImageNet batch-norm statistics too
         losses = []
         bar = tqdm(loader, desc=f"basic epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         for x, y, stage in bar:

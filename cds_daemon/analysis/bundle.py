@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cds_daemon.analysis.stain import FEATURES
 from cds_daemon.common.manifest import MANIFEST_NAME, BundleError, Manifest, read_manifest
+
+F = len(FEATURES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +34,8 @@ class Bundle:
     cam_bias: np.ndarray  # (K,)
     class_means: np.ndarray  # (K, D) view-0 pooled feature means of the training split
     precision: np.ndarray  # (D, D) inverse of the shrunk shared covariance
+    stain_mean: np.ndarray | None = None  # (F,) stain-gate features of held-out fields (older bundles: none)
+    stain_precision: np.ndarray | None = None  # (F, F)
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> dict[str, bytes]:
@@ -73,6 +78,15 @@ def _npz(path: Path, data: bytes, keys: dict[str, tuple[int, ...]]) -> dict[str,
     return arrays
 
 
+def _optional_npz(path: Path, data: bytes, keys: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+    """Arrays a newer bundle adds; None when the bundle predates them (all absent)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        present = [k for k in keys if k in z.files]
+    if not present:
+        return None
+    return _npz(path, data, keys)
+
+
 def load_bundle(bundle_dir: Path) -> Bundle:
     """Read the manifest, verify all hashes, load the npz arrays with shape checks."""
     bundle_dir = Path(bundle_dir).resolve()
@@ -85,6 +99,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     k, d = len(manifest.classes), manifest.feature_dim
     cam = _npz(paths["cam_weights"], blobs["cam_weights"], {"W": (k, d), "b": (k,)})
     ood = _npz(paths["ood_stats"], blobs["ood_stats"], {"class_means": (k, d), "precision": (d, d)})
+    stain = _optional_npz(paths["ood_stats"], blobs["ood_stats"], {"stain_mean": (F,), "stain_precision": (F, F)})
     return Bundle(
         directory=bundle_dir,
         manifest=manifest,
@@ -95,4 +110,6 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         cam_bias=cam["b"],
         class_means=ood["class_means"],
         precision=ood["precision"],
+        stain_mean=None if stain is None else stain["stain_mean"],
+        stain_precision=None if stain is None else stain["stain_precision"],
     )

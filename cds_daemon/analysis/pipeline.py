@@ -20,12 +20,14 @@ from cds_daemon.analysis.engine import Engine, Prediction
 from cds_daemon.analysis.quality import QualityResult, assess
 from cds_daemon.analysis.triage import TriageDecision, decide
 from cds_daemon.common.config import Settings
-from cds_daemon.common.vocabulary import OutputKind
+from cds_daemon.common.vocabulary import REASONS, OutputKind, ReferralReason
+from cds_daemon.reports.files import write_objects
 from cds_daemon.reports.heatmap import build_heatmap_sc
 from cds_daemon.reports.kos import build_review_kos
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.sr import build_ai_sr
-from cds_daemon.store import PredictionRecord
+from cds_daemon.store import OutputObject, PredictionRecord
+from cds_daemon.store.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,51 @@ def to_ai_result(pred: Prediction, triage: TriageDecision, engine: Engine) -> AI
         cam=pred.cam,
         basic_probabilities=tuple(float(pred.basic_probs[c]) for c in classes),
         premium_probabilities=tuple(float(pred.premium_probs[c]) for c in classes),
+    )
+
+
+def not_analysed_result(engine: Engine, reason: str) -> AIResult:
+    """The result of an image the AI could not analyse: no class, referred, with the reason."""
+    m = engine.bundle.manifest
+    classes = tuple(engine.classes)
+    return AIResult(
+        classes=classes,
+        display_names=tuple(m.display_names),
+        probabilities=tuple(0.0 for _ in classes),
+        predicted="",
+        conformal_set=(),
+        referred=True,
+        reasons=(ReferralReason.NOT_ANALYSED,),
+        reason_texts=(f"not analysed by the AI: {reason}",),
+        model_name=m.name,
+        model_version=m.version,
+        model_sha256=engine.identity,
+        cam=None,
+    )
+
+
+def not_analysed_objects(path: Path, result: AIResult, results: Spool) -> list[OutputObject]:
+    """The "not analysed" SR, written durably; none when even the source header cannot be read."""
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    return write_objects(results, [(OutputKind.SR, build_ai_sr(source, result))])
+
+
+def not_analysed_record(result: AIResult, object_uids: dict[str, str]) -> PredictionRecord:
+    """What the store keeps for an image the AI could not analyse (the review page shows the reason)."""
+    return PredictionRecord(
+        model_name=result.model_name,
+        model_version=result.model_version,
+        model_sha256=result.model_sha256,
+        predicted=None,
+        probabilities=None,
+        referred=True,
+        reasons=list(result.reasons),
+        priority=REASONS[ReferralReason.NOT_ANALYSED].priority,
+        detail={
+            "reason_texts": list(result.reason_texts),
+            "priority": REASONS[ReferralReason.NOT_ANALYSED].priority,
+            "objects": object_uids,
+        },
     )
 
 
@@ -105,7 +152,8 @@ def infer(rgb: np.ndarray, quality: QualityResult, engine: Engine, settings: Set
     """Ensemble, conformal set, OOD and CAM, then the referral decision."""
     t0 = time.perf_counter()
     pred = engine.predict(_at_least(rgb, settings.quality.min_side_px))
-    triage = decide(pred, quality, settings.triage, engine.bundle.manifest.confidence_threshold)
+    threshold = engine.finalisation_threshold(settings.triage.risk_alpha, settings.triage.risk_delta)
+    triage = decide(pred, quality, settings.triage, threshold)
     result = to_ai_result(pred, triage, engine)
     return Inferred(pred, quality, triage, result, (time.perf_counter() - t0) * 1000)
 
@@ -181,6 +229,8 @@ def make_record(inferred: Inferred, object_uids: dict[str, str], timings_ms: dic
                 "mahalanobis_ood": pred.mahalanobis_ood,
                 "energy": pred.energy,
                 "energy_ood": pred.energy_ood,
+                "stain": pred.stain,
+                "stain_ood": pred.stain_ood,
             },
             "quality": quality.metrics,
             "timings_ms": {**timings_ms, **{f"model_{k}": round(v, 1) for k, v in pred.timings_ms.items()}},

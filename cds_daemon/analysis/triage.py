@@ -47,6 +47,7 @@ def model_reasons(
     mahalanobis_ood: bool,
     energy_ood: bool,
     confidence_threshold: float,
+    stain_ood: bool = False,
     policy: TriageSettings = _ALL_ON,
 ) -> list[tuple[ReferralReason, str]]:
     """The model-side reasons to refer, with their texts; empty = the model is confident.
@@ -60,12 +61,13 @@ def model_reasons(
     if policy.refer_indeterminate and predicted == INDETERMINATE:
         found.append((ReferralReason.INDETERMINATE, "predicted Indeterminate/Suspicious: needs a cytopathologist"))
     if confidence < confidence_threshold:
-        found.append(
-            (
-                ReferralReason.LOW_CONFIDENCE,
-                f"calibrated confidence {confidence:.2f} is below {confidence_threshold:.2f}",
-            )
+        text = (
+            f"calibrated confidence {confidence:.2f} (the lower of the ensemble's and Basic's) is below "
+            f"{confidence_threshold:.2f}, the finalisation threshold"
+            if confidence_threshold <= 1.0
+            else "this model finalises nothing without review (its calibration split could not bound the error)"
         )
+        found.append((ReferralReason.LOW_CONFIDENCE, text))
     if policy.refer_ensemble_disagreement and basic_label != premium_label:
         found.append(
             (
@@ -77,6 +79,8 @@ def model_reasons(
         found.append((ReferralReason.OOD_MAHALANOBIS, "image features unlike the training data (Mahalanobis)"))
     if policy.refer_ood and energy_ood:
         found.append((ReferralReason.OOD_ENERGY, "model output unlike the training data (energy score)"))
+    if policy.refer_ood and stain_ood:
+        found.append((ReferralReason.OOD_STAIN, "colours unlike a stained cytology smear (optical density)"))
     return found
 
 
@@ -107,6 +111,7 @@ def decide(
             premium_label=pred.premium_label,
             mahalanobis_ood=pred.mahalanobis_ood,
             energy_ood=pred.energy_ood,
+            stain_ood=pred.stain_ood,
             confidence_threshold=threshold,
             policy=settings,
         )

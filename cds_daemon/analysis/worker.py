@@ -14,16 +14,26 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cds_daemon.analysis.decode import DecodeError
 from cds_daemon.analysis.engine import Engine
 from cds_daemon.analysis.helper import BrokenProcessPool, Offload, PreparedPixels, ReportOutputs
-from cds_daemon.analysis.pipeline import Inferred, infer, make_record
+from cds_daemon.analysis.pipeline import (
+    Inferred,
+    infer,
+    make_record,
+    not_analysed_objects,
+    not_analysed_record,
+    not_analysed_result,
+)
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
+from cds_daemon.review.audit import sampled_for_audit
 from cds_daemon.store import Instance, OutputObject, Store
+from cds_daemon.store.spool import Spool
 
 log = get_logger("worker")
 
@@ -67,6 +77,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.engine = engine
+        self.results = Spool(settings.storage.results_dir)  # "not analysed" SRs are written from here
         self.on_reported = on_reported
         self.wake_event = threading.Event()
         self._stop = threading.Event()
@@ -178,7 +189,8 @@ class Worker:
     def _record(self, uid: str, inferred: Inferred, outputs: list[OutputObject], timings: dict[str, float]) -> None:
         destinations = [d.name for d in self.settings.destinations]
         record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
-        self.store.record_result(uid, record, outputs, destinations, actor="worker")
+        audit = not inferred.triage.referred and sampled_for_audit(uid, self.settings.worklist.audit_fraction)
+        self.store.record_result(uid, record, outputs, destinations, actor="worker", audit=audit)
         pred = inferred.prediction
         INFERENCE_SECONDS.observe(inferred.ms / 1000)
         PIPELINE_SECONDS.observe(timings["total"] / 1000)
@@ -189,17 +201,31 @@ class Worker:
             confidence=round(pred.confidence, 4),
             referred=inferred.triage.referred,
             reasons=list(inferred.triage.reasons),
+            reason_texts=list(inferred.triage.texts),  # made by our rules from numbers: no patient data
+            audit=audit,
             ms=timings,
         )
         self.on_reported()
 
     def _failed_with(self, uid: str, exc: Exception) -> None:
-        if isinstance(exc, DecodeError):
-            self._fail(uid, str(exc))
-            return
-        log.exception("processing_failed", sop_instance_uid=uid)
-        self._fail(uid, f"{type(exc).__name__}: {exc}")
+        """The image ends as a visible "not analysed" case, never silently (and the worker goes on)."""
+        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, DecodeError):
+            log.error("processing_failed", sop_instance_uid=uid, error_type=type(exc).__name__)
+        self._not_analysed(uid, reason[:500], "decode" if isinstance(exc, DecodeError) else type(exc).__name__)
 
-    def _fail(self, uid: str, reason: str) -> None:
-        log.warning("instance_failed", sop_instance_uid=uid, reason=reason[:300])
-        self.store.set_state(uid, "failed", actor="worker", reason=reason[:500])
+    def _not_analysed(self, uid: str, reason: str, cause: str) -> None:
+        """``reason`` (stored, shown to reviewers) may quote the image; ``cause`` (logged) never does."""
+        instance = self.store.get_instance(uid)
+        result = not_analysed_result(self.engine, reason)
+        outputs: list[OutputObject] = []
+        if self.settings.reports.not_analysed_sr and instance is not None and instance.on_disk:
+            try:
+                outputs = not_analysed_objects(Path(instance.spool_path), result, self.results)
+            except Exception as exc:  # even the header is unusable: the worklist entry still shows it
+                log.error("not_analysed_sr_failed", sop_instance_uid=uid, error_type=type(exc).__name__)
+        record = not_analysed_record(result, {o.kind: o.object_uid for o in outputs})
+        destinations = [d.name for d in self.settings.destinations]
+        self.store.record_failure(uid, reason, record, outputs, destinations, actor="worker")
+        log.warning("instance_not_analysed", sop_instance_uid=uid, cause=cause, sr=bool(outputs))
+        self.on_reported()

@@ -108,6 +108,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             ],
             "worklist": store.worklist_counts(),
             "review_agreement": store.agreement(),
+            **_finalisation_and_monitoring(settings, store),
         }
     finally:
         store.close()
@@ -131,7 +132,47 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             )
         print("worklist: " + ", ".join(f"{k} {v}" for k, v in report["worklist"].items()))
         _print_agreement(report["review_agreement"])
+        _print_monitoring(report)
     return EXIT_OK
+
+
+def _finalisation_and_monitoring(settings: Settings, store: Any) -> dict[str, Any]:
+    """The finalisation rule in force and the production checks (audit bound, drift)."""
+    from cds_daemon.analysis.risk import rule_from_manifest
+    from cds_daemon.common.manifest import BundleError, read_manifest
+    from cds_daemon.review.audit import check_for
+
+    manifest = None
+    if settings.model_bundle is not None:
+        try:
+            manifest = read_manifest(settings.model_bundle)
+        except BundleError:
+            manifest = None
+    block = manifest.finalisation if manifest is not None else None
+    rule = (
+        None
+        if block is None
+        else rule_from_manifest(block, alpha=settings.triage.risk_alpha, delta=settings.triage.risk_delta).to_json()
+    )
+    return {"finalisation": rule, "monitoring": check_for(store, manifest, settings).to_json()}
+
+
+def _print_monitoring(report: dict[str, Any]) -> None:
+    rule = report["finalisation"]
+    if rule is not None:
+        threshold = "none (every image is referred)" if rule["threshold"] is None else f"{rule['threshold']:.4f}"
+        print(
+            f"finalisation: error <= {rule['alpha']:.1%} with {1 - rule['delta']:.0%} confidence; confidence "
+            f"threshold {threshold} ({rule['n_finalised']} of {rule['n_calibration']} calibration images)"
+        )
+    for version, a in report["monitoring"]["audit"].items():
+        err = "—" if a["error"] is None else f"{a['error']:.1%}"
+        print(
+            f"audit {version}: {a['sampled']} sampled, {a['decided']} decided, {a['errors']} wrong "
+            f"(error {err}, upper bound {a['upper_bound']:.1%})"
+        )
+    for alert in report["monitoring"]["alerts"]:
+        print(f"ALERT {alert['kind']}: {alert['text']}")
 
 
 def _print_agreement(agreement: dict[str, Any]) -> None:
@@ -217,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Files the daemon writes (database, spool, results, keys) are for its own user and group only, whether
+    # systemd started it (UMask=0027 as well) or someone ran it by hand.
+    os.umask(0o027)
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)

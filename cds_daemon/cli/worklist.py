@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -129,6 +130,26 @@ def _log_to_stderr(settings: Settings) -> None:
     configure_logging(settings.log_level, stream=sys.stderr)
 
 
+def _reviewer(store: Store, args: argparse.Namespace) -> str | None:
+    """The reviewer, proven by their password or a token from ``user token``; None (and why) otherwise."""
+    from cds_daemon.review.auth import authenticate, token_user
+
+    token = args.token or os.environ.get("CDS_REVIEW_TOKEN")
+    if token:
+        user = token_user(store, token)
+        if user is None or user.username != args.reviewer:
+            print(f"cds-daemon: the token is not {args.reviewer}'s, or has expired", file=sys.stderr)
+            return None
+        return user.username
+    password = _read_password(args, confirm=False, prompt=f"{args.reviewer}'s password: ")
+    if password is None:
+        return None
+    if authenticate(store, args.reviewer, password) is None:
+        print(f"cds-daemon: {args.reviewer} is not an active user, or the password is wrong", file=sys.stderr)
+        return None
+    return str(args.reviewer)
+
+
 def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     from cds_daemon.review.service import ReviewError, ReviewService
 
@@ -137,13 +158,18 @@ def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     if store is None:
         return EXIT_FAILED
     try:
+        reviewer = _reviewer(store, args)
+        if reviewer is None:
+            store.audit(f"cli:{getpass.getuser()}", "cli:decide-refused", None, worklist_id=args.item)
+            return EXIT_FAILED
         made = ReviewService(settings, store).decide(
             args.item,
             args.decision,
-            args.reviewer,
+            reviewer,
             images=args.image,
             final_class=args.final_class,
             comment=args.comment,
+            actor=f"cli:{getpass.getuser()}",
         )
     except ReviewError as exc:
         print(f"cds-daemon: {exc}", file=sys.stderr)
@@ -158,13 +184,15 @@ def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_password(args: argparse.Namespace) -> str | None:
+def _read_password(args: argparse.Namespace, *, confirm: bool = True, prompt: str = "password: ") -> str | None:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     if not sys.stdin.isatty():
         print("cds-daemon: no terminal to ask for the password: use --password-stdin", file=sys.stderr)
         return None
-    first = getpass.getpass("password: ")
+    first = getpass.getpass(prompt)
+    if not confirm:
+        return first
     if getpass.getpass("again: ") != first:
         print("cds-daemon: the passwords differ", file=sys.stderr)
         return None
@@ -187,6 +215,26 @@ def _cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"user {args.username} ({args.role}) saved")
+    return EXIT_OK
+
+
+def _cmd_user_token(settings: Settings, args: argparse.Namespace) -> int:
+    """A token for ``worklist decide --token``: the reviewer proves who they are once, by password."""
+    from cds_daemon.review.auth import authenticate, issue_token
+
+    store = _open_store(settings)
+    if store is None:
+        return EXIT_FAILED
+    try:
+        password = _read_password(args, confirm=False, prompt=f"{args.username}'s password: ")
+        user = None if password is None else authenticate(store, args.username, password)
+        if user is None:
+            print(f"cds-daemon: {args.username} is not an active user, or the password is wrong", file=sys.stderr)
+            return EXIT_FAILED
+        token = issue_token(store, user, args.hours, actor=f"cli:{getpass.getuser()}")
+    finally:
+        store.close()
+    print(token)
     return EXIT_OK
 
 
@@ -252,6 +300,8 @@ def add_parsers(sub: Any) -> None:
     decide.add_argument("--class", dest="final_class", help="the reviewer's class for --decision change")
     decide.add_argument("--comment")
     decide.add_argument("--reviewer", required=True, help="an existing, active user name")
+    decide.add_argument("--token", help="from 'user token' (or $CDS_REVIEW_TOKEN); else the password is asked")
+    decide.add_argument("--password-stdin", action="store_true", help="read the reviewer's password from stdin")
     decide.add_argument("--json", action="store_true")
     decide.set_defaults(func=_cmd_decide)
 
@@ -265,6 +315,11 @@ def add_parsers(sub: Any) -> None:
     )
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     add.set_defaults(func=_cmd_user_add)
+    token = user_sub.add_parser("token", help="a token for 'worklist decide --token', after the user's password")
+    token.add_argument("username")
+    token.add_argument("--hours", type=float, default=12.0, help="valid this long (default: %(default)s)")
+    token.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    token.set_defaults(func=_cmd_user_token)
     disable = user_sub.add_parser("disable", help="stop a user from signing in")
     disable.add_argument("username")
     disable.set_defaults(func=_cmd_user_disable)

@@ -53,6 +53,11 @@ class AllowedCaller(_Section):
 
     ae_title: AETitle
     addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    tls_common_name: str | None = Field(
+        None,
+        description="with TLS: the common name the caller's certificate must carry for this AE title "
+        "(empty: any certificate the CA signed)",
+    )
 
     @field_validator("addresses")
     @classmethod
@@ -125,7 +130,13 @@ class ListenerSettings(_Section):
     allowed_callers: list[AllowedCaller] = Field(
         default_factory=lambda: [AllowedCaller(ae_title="STORESCU"), AllowedCaller(ae_title="ORTHANC")]
     )
-    max_associations: int = Field(16, ge=1, le=512)
+    max_associations: int = Field(
+        16, ge=1, le=512, description="open connections at once (each is two threads), associations or not"
+    )
+    max_connections_per_address: int = Field(4, ge=1, le=512, description="open connections from one address")
+    max_dataset_mb: int = Field(
+        256, ge=1, description="encoded data set of one message, and a deflated one once inflated; more: refused"
+    )
     max_pdu_size: int = Field(131072, ge=4096, le=2**26)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
@@ -186,14 +197,37 @@ class QualitySettings(_Section):
 class TriageSettings(_Section):
     """When a prediction goes to the expert-review worklist. Every reason that applies is recorded."""
 
+    risk_alpha: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="error rate allowed among fields finalised without review; empty = the bundle's (0.02); "
+        "the threshold is refitted from the bundle's calibration split",
+    )
+    risk_delta: float | None = Field(
+        None, gt=0, lt=1, description="chance the finalised error rate exceeds risk_alpha; empty = the bundle's (0.1)"
+    )
     confidence_threshold: float | None = Field(
-        None, ge=0, le=1, description="refer below this calibrated confidence; empty = the bundle's value"
+        None,
+        ge=0,
+        le=1,
+        description="a fixed finalisation threshold instead of the fitted one (voids the guarantee); empty = fitted",
     )
     refer_indeterminate: bool = True
     refer_ensemble_disagreement: bool = True
     refer_conformal_not_singleton: bool = True
     refer_ood: bool = True
     refer_quality: bool = True
+
+
+class ReportsSettings(_Section):
+    """The result objects written back to the PACS."""
+
+    not_analysed_sr: bool = Field(
+        True,
+        description="when an acknowledged image cannot be analysed (decoding or report building failed), send an "
+        "SR that says so and why, besides its 'not analysed' worklist entry",
+    )
 
 
 class HealthSettings(_Section):
@@ -211,6 +245,15 @@ class WorklistSettings(_Section):
     escalate_after_hours: float = Field(24.0, gt=0, description="open or in review longer than this: escalated")
     escalation_check_minutes: float = Field(5.0, gt=0, description="how often overdue items are looked for")
     summary_hour_utc: int = Field(6, ge=0, le=23, description="hour (UTC) of the daily worklist summary log line")
+    audit_fraction: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="share of finalised images that also go to the worklist, unmarked, so the error among "
+        "finalised is measured in production (0 = none)",
+    )
+    monitor_minutes: float = Field(60.0, gt=0, description="how often the audit bound and drift are checked")
+    drift_window: int = Field(200, ge=20, description="recent analysed images compared with the bundle's reference")
 
 
 class WebSettings(_Section):
@@ -225,7 +268,9 @@ class WebSettings(_Section):
         None, description="key that signs session cookies; empty = web-secret.key in the data directory"
     )
     cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind a TLS proxy)")
-    max_failed_logins: int = Field(5, ge=1, description="failed logins per user name before a 15-minute lockout")
+    max_failed_logins: int = Field(
+        5, ge=1, description="failed logins for a name from one address before attempts from there back off"
+    )
 
     @field_validator("bind_address")
     @classmethod
@@ -274,6 +319,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
+    reports: ReportsSettings = Field(default_factory=ReportsSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")

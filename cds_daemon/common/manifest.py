@@ -70,6 +70,18 @@ class Manifest:
     raw: dict[str, Any]
 
     @property
+    def stain_threshold(self) -> float | None:
+        """The stain gate's threshold (None for a bundle that predates the gate)."""
+        value = self.raw.get("thresholds", {}).get("stain")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def finalisation(self) -> dict[str, Any] | None:
+        """The finalisation rule and its calibration data (``cds_daemon.analysis.risk``), if the bundle has one."""
+        block = self.raw.get("finalisation")
+        return block if isinstance(block, dict) else None
+
+    @property
     def n_views(self) -> int:
         return 1 + self.grid[0] * self.grid[1]
 
@@ -195,8 +207,6 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from e
     return parse_manifest(raw)
-
-
 
 
 def bundle_identity(bundle_dir: Path) -> str:

@@ -94,12 +94,14 @@ class ReferralReason(StrEnum):
     MEMBERS_DISAGREE = "basic_premium_disagree"
     OOD_MAHALANOBIS = "ood_mahalanobis"
     OOD_ENERGY = "ood_energy"
+    OOD_STAIN = "ood_stain"
     QUALITY_TOO_SMALL = "quality_too_small"
     QUALITY_NOT_COLOUR = "quality_not_colour"
     QUALITY_OVEREXPOSED = "quality_overexposed"
     QUALITY_UNDEREXPOSED = "quality_underexposed"
     QUALITY_EMPTY_FIELD = "quality_empty_field"
     QUALITY_BLUR = "quality_blur"
+    NOT_ANALYSED = "not_analysed"  # decoding or report building failed: a person must look at the image
 
 
 class ReasonInfo(NamedTuple):
@@ -114,9 +116,7 @@ REASONS: dict[ReferralReason, ReasonInfo] = {
     ReferralReason.CONFORMAL_SET: ReasonInfo(
         4, "Conformal set > 1 class", "CONFORMAL", "Conformal prediction set is not one class"
     ),
-    ReferralReason.INDETERMINATE: ReasonInfo(
-        3, "Indeterminate", "INDETERMINATE", "Indeterminate/Suspicious category"
-    ),
+    ReferralReason.INDETERMINATE: ReasonInfo(3, "Indeterminate", "INDETERMINATE", "Indeterminate/Suspicious category"),
     ReferralReason.LOW_CONFIDENCE: ReasonInfo(
         5, "Low confidence", "LOW-CONFIDENCE", "Calibrated confidence below threshold"
     ),
@@ -128,6 +128,9 @@ REASONS: dict[ReferralReason, ReasonInfo] = {
     ),
     ReferralReason.OOD_ENERGY: ReasonInfo(
         1, "Out of distribution", "OOD-ENERGY", "Model output out of distribution (energy)"
+    ),
+    ReferralReason.OOD_STAIN: ReasonInfo(
+        1, "Out of distribution", "OOD-STAIN", "Colours unlike a stained cytology smear"
     ),
     ReferralReason.QUALITY_TOO_SMALL: ReasonInfo(_QUALITY_PRIORITY, "Image quality", "Q-TOO-SMALL", "Image too small"),
     ReferralReason.QUALITY_NOT_COLOUR: ReasonInfo(
@@ -143,6 +146,7 @@ REASONS: dict[ReferralReason, ReasonInfo] = {
         _QUALITY_PRIORITY, "Image quality", "Q-EMPTY-FIELD", "Almost no cells in the field"
     ),
     ReferralReason.QUALITY_BLUR: ReasonInfo(_QUALITY_PRIORITY, "Image quality", "Q-BLUR", "Image out of focus"),
+    ReferralReason.NOT_ANALYSED: ReasonInfo(2, "Not analysed", "NOT-ANALYSED", "Image not analysed by the AI"),
 }
 
 #: Priority of a case that is referred for no listed reason (and the lowest "routine" value).
@@ -152,8 +156,13 @@ ROUTINE_PRIORITY = 9
 class RefusalCode(StrEnum):
     """Why an association or a C-STORE was refused: a bounded set (metric labels, status counts)."""
 
+    PEER_UNKNOWN = "peer_unknown"  # connection closed on open: no allowed caller uses that address
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    PDU_TOO_LARGE = "pdu_too_large"
+    DATASET_TOO_LARGE = "dataset_too_large"
     CALLER_UNKNOWN = "caller_unknown"
     CALLER_ADDRESS = "caller_address"
+    CALLER_CERTIFICATE = "caller_certificate"
     UNREADABLE_DATASET = "unreadable_dataset"
     SOP_CLASS_NOT_ACCEPTED = "sop_class_not_accepted"
     SOP_CLASS_MISMATCH = "sop_class_mismatch"
@@ -165,6 +174,7 @@ class RefusalCode(StrEnum):
     UNSUPPORTED_BITS = "unsupported_bits"
     IMAGE_TOO_LARGE = "image_too_large"
     PIXEL_DATA_SHORT = "pixel_data_short"
+    PIXEL_DATA_LONG = "pixel_data_long"
     CODESTREAM_UNREADABLE = "codestream_unreadable"
     CODESTREAM_MISMATCH = "codestream_mismatch"
     OUT_OF_RESOURCES = "out_of_resources"

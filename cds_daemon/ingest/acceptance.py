@@ -158,9 +158,7 @@ def _check_codestreams(
                 continue
             header = jpeg_header(frame) if transfer_syntax in _JPEG_FAMILY else j2k_header(frame)
         except CodestreamError as exc:
-            raise NotAcceptable(
-                RefusalCode.CODESTREAM_UNREADABLE, f"frame {number}: {exc}", CANNOT_UNDERSTAND
-            ) from exc
+            raise NotAcceptable(RefusalCode.CODESTREAM_UNREADABLE, f"frame {number}: {exc}", CANNOT_UNDERSTAND) from exc
         if (header.rows, header.columns, header.components) != (rows, cols, samples) or header.precision > bits:
             raise NotAcceptable(
                 RefusalCode.CODESTREAM_MISMATCH,
@@ -217,6 +215,10 @@ def check_dataset(
         if got < expected:
             raise NotAcceptable(
                 RefusalCode.PIXEL_DATA_SHORT, f"pixel data shorter than the header says ({got} < {expected} bytes)"
+            )
+        if got > expected + 1:  # one byte pads an odd length to even
+            raise NotAcceptable(
+                RefusalCode.PIXEL_DATA_LONG, f"pixel data longer than the header says ({got} > {expected} bytes)"
             )
     else:
         _check_codestreams(ds, transfer_syntax, rows, cols, samples, bits, frames)

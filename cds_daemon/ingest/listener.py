@@ -8,14 +8,17 @@ returns; it never decodes pixels or runs the model.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
@@ -31,9 +34,10 @@ from cds_daemon.ingest.acceptance import (
     NotAcceptable,
     check_dataset,
 )
+from cds_daemon.ingest.guard import ConnectionGuard
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
-from cds_daemon.ops.tls import describe_tls_error, handshake, server_context
+from cds_daemon.ops.tls import describe_tls_error, handshake, peer_subject_cn, server_context
 from cds_daemon.review.cases import case_key
 from cds_daemon.store import NewInstance, Store
 from cds_daemon.store.spool import DiskFullError, Spool
@@ -41,7 +45,21 @@ from cds_daemon.store.spool import DiskFullError, Spool
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # a conformant UID; anything else may be free text, kept out of logs
 log = get_logger("ingest")
+
+
+def inflated_size(deflated: bytes, limit: int) -> int:
+    """Size of a raw-deflate stream once inflated, counted in 1 MiB steps and never held: stops past ``limit``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    data = deflated
+    while data and total <= limit and not inflater.eof:  # past the end: a pad byte, which zlib leaves unconsumed
+        total += len(inflater.decompress(data, 2**20))
+        data = inflater.unconsumed_tail
+    if total <= limit and not inflater.eof:
+        total += len(inflater.flush())
+    return total
 
 
 def _force_parse(ds: Dataset) -> None:
@@ -71,6 +89,7 @@ class Listener:
         self._handshaking: set[socket.socket] = set()
         self._handshake_lock = threading.Lock()
         self._stopping = False
+        self.guard = ConnectionGuard(settings, self._connection_refused)
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -105,6 +124,8 @@ class Listener:
             self._stopping = False
         handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
+            (evt.EVT_DATA_RECV, self._on_data),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -147,11 +168,20 @@ class Listener:
     # --- handlers (run on association threads) ----------------------------------------------
 
     def _on_connection(self, event: Event) -> None:
-        """With TLS: the handshake, on this connection's thread; a failed one closes the connection."""
-        if not self.settings.tls.enabled:
-            return
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
+        """Before anything is read: the peer address and connection limits, the PDU length limit; then, with
+        TLS, the handshake, on this connection's thread. A refused or failed one closes the connection."""
+        peer = str(event.address[0])  # type: ignore[attr-defined]  # set from the trigger's keywords
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket if assoc_socket is not None else None
         if sock is None:
+            return
+        if not self.guard.admit(id(event.assoc), peer):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            event.assoc.acse_timeout = 0
+            return
+        self.guard.limit_pdus(assoc_socket, peer)
+        if not self.settings.tls.enabled:
             return
         with self._handshake_lock:
             stopping = self._stopping
@@ -164,14 +194,34 @@ class Listener:
         except (OSError, ValueError) as exc:
             # A peer that connects and closes (a port probe) is routine; anything else is worth a warning.
             emit = log.info if isinstance(exc, ssl.SSLEOFError) or self._stopping else log.warning
-            peer = event.address[0]  # type: ignore[attr-defined]  # set from the trigger's keywords
             emit("tls_handshake_failed", peer=peer, reason=describe_tls_error(exc))
             sock.close()
+            self.guard.release(id(event.assoc))  # closed now: not counted against the caller's next try
             # Nothing more can arrive: let the association end now, not after the ACSE timeout.
             event.assoc.acse_timeout = 0
         finally:
             with self._handshake_lock:
                 self._handshaking.discard(sock)
+
+    @staticmethod
+    def _peer_cn(event: Event) -> str | None:
+        assoc_socket = event.assoc.dul.socket
+        return peer_subject_cn(assoc_socket.socket if assoc_socket is not None else None)
+
+    def _on_connection_closed(self, event: Event) -> None:
+        self.guard.release(id(event.assoc))
+
+    def _on_data(self, event: Event) -> None:
+        """P-DATA received: a message past ``max_dataset_mb`` aborts the association before it grows more."""
+        if not self.guard.data_received(id(event.assoc), event.assoc.requestor.address, len(event.data)):
+            event.assoc.abort()
+
+    def _connection_refused(self, peer: str, code: RefusalCode, reason: str) -> None:
+        """Every refusal is counted; ``reason`` is empty when this (peer, code) was reported a moment ago."""
+        REJECTED.labels(status="connection", code=code).inc()
+        if reason:
+            log.warning("connection_refused", peer=peer, code=code)
+            self.store.record_rejection(status=0, code=code, reason=reason, calling_ae=None, peer_address=peer)
 
     def _on_event_report(self, event: Event) -> tuple[int, None]:
         if self.on_commitment_report is None or event.request.AffectedSOPClassUID != STORAGE_COMMITMENT_PUSH:
@@ -185,9 +235,12 @@ class Listener:
         address = requestor.address
         for caller in self.settings.allowed_callers:
             if caller.ae_title == calling:
-                if caller.permits(address):
+                if not caller.permits(address):
+                    code, reason = RefusalCode.CALLER_ADDRESS, "calling AE title not permitted from this address"
+                elif caller.tls_common_name is not None and caller.tls_common_name != self._peer_cn(event):
+                    code, reason = RefusalCode.CALLER_CERTIFICATE, "the certificate is not this AE title's"
+                else:
                     return
-                code, reason = RefusalCode.CALLER_ADDRESS, "calling AE title not permitted from this address"
                 break
         else:
             code, reason = RefusalCode.CALLER_UNKNOWN, "calling AE title not recognised"
@@ -205,12 +258,25 @@ class Listener:
         return SUCCESS
 
     def _on_store(self, event: Event) -> int | Dataset:
+        try:
+            return self._store(event)
+        finally:
+            self.guard.message_done(id(event.assoc))
+
+    def _store(self, event: Event) -> int | Dataset:
         started = time.perf_counter()
         calling = event.assoc.requestor.ae_title
         peer = event.assoc.requestor.address
         context = event.context
         request = event.request
         claimed_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
+        if context.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            limit = self.settings.max_dataset_mb * 2**20
+            if inflated_size(request.DataSet.getvalue(), limit) > limit:  # type: ignore[union-attr]
+                reason = f"deflated data set inflates past {self.settings.max_dataset_mb} MiB"
+                return self._refuse(
+                    OUT_OF_RESOURCES, RefusalCode.DATASET_TOO_LARGE, reason, calling, peer, context, claimed_uid
+                )
         try:
             ds = event.dataset
             _force_parse(ds)
@@ -293,15 +359,15 @@ class Listener:
     ) -> Dataset:
         reason = reason[:200]
         REJECTED.labels(status=f"0x{status:04X}", code=code).inc()
+        # The reason can quote the data set (a value that did not parse): the store keeps it, the log does not.
         log.warning(
             "store_refused",
             status=f"0x{status:04X}",
             code=code,
-            reason=reason,
             calling_ae=calling,
             peer=peer,
             sop_class_uid=context.abstract_syntax,
-            sop_instance_uid=uid or None,
+            sop_instance_uid=uid if _UID.fullmatch(uid or "") else "(not a UID)",
         )
         self.store.record_rejection(
             status=status,

@@ -1,4 +1,9 @@
-"""Health and metrics over HTTP: /healthz/live, /healthz/ready (with reasons), /metrics (Prometheus)."""
+"""Health and metrics over HTTP: /healthz/live, /healthz/ready (with reasons), /metrics (Prometheus).
+
+Bounded like the DICOM listener: each connection gets ``TIMEOUT_S`` to send its request (a client that
+connects and says nothing, or trickles bytes, is dropped) and at most ``MAX_CONNECTIONS`` are served at
+once; more are closed on arrival rather than given a thread each.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,6 +24,35 @@ log = get_logger("health")
 ReadinessCheck = Callable[[], list[str]]
 
 
+TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 8
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: close at once instead of queueing a thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HealthServer:
     def __init__(self, address: str, port: int, readiness: ReadinessCheck, liveness: ReadinessCheck) -> None:
         self.readiness = readiness
@@ -25,6 +60,8 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = TIMEOUT_S  # applied to the connection's socket: a silent client is dropped
+
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
@@ -49,8 +86,7 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((address, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((address, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property

@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -41,6 +41,20 @@ PIPELINE_SECONDS = Histogram(
     "cds_pipeline_seconds",
     "Per image, from claim to recorded: decode, quality, model, reports, durable outputs",
     buckets=(0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+
+
+MONITOR_ALERT = Gauge(
+    "cds_monitor_alert",
+    "1 while a production check fails (audit_bound, ood_drift, class_mix_drift), else 0",
+    ["kind"],
+    registry=REGISTRY,
+)
+AUDIT_UPPER_BOUND = Gauge(
+    "cds_audit_error_upper_bound",
+    "Upper confidence bound of the error among finalised images, from the blind audit sample",
+    ["model_version"],
     registry=REGISTRY,
 )
 

@@ -1,4 +1,9 @@
-"""SSL contexts for DICOM TLS, listener side and client side."""
+"""SSL contexts for DICOM TLS, listener side and client side.
+
+Both follow BCP 195 (RFC 9325) as DICOM PS3.15 B.9 adopts it: TLS 1.2 or 1.3, and with TLS 1.2 only
+AEAD cipher suites with forward secrecy (ECDHE/DHE with AES-GCM or ChaCha20-Poly1305); no CBC, no RSA
+key exchange, no NULL or export suites. TLS 1.3's suites are all AEAD.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,28 @@ class DeferredHandshakeContext(ssl.SSLContext):
         )
 
 
+#: OpenSSL cipher string of the TLS 1.2 suites allowed (TLS 1.3 suites are configured separately, all AEAD).
+BCP195_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS:!SHA1"
+
+
+def _bcp195(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(BCP195_TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+
+
+def peer_subject_cn(sock: object) -> str | None:
+    """The common name in the peer certificate of a TLS socket (None: no TLS, or no certificate)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    cert: dict[str, Any] = dict(sock.getpeercert() or {})
+    for rdn in cert.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return None
+
+
 def server_context(tls: TLSSettings) -> ssl.SSLContext | None:
     """Context for the listener, or None when TLS is off. Mutual TLS if ``require_peer_cert``.
 
@@ -46,7 +73,7 @@ def server_context(tls: TLSSettings) -> ssl.SSLContext | None:
     if not tls.enabled:
         return None
     ctx = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _bcp195(ctx)
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.ca_file is not None:
         ctx.load_verify_locations(str(tls.ca_file))
@@ -124,7 +151,7 @@ def client_context(tls: DestinationTLSSettings, server_hostname_check: bool = Fa
         return None
     ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.sslsocket_class = _RecordingSocket
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _bcp195(ctx)
     ctx.check_hostname = server_hostname_check
     ctx.verify_mode = ssl.CERT_REQUIRED
     if tls.ca_file is not None:

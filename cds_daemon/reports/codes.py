@@ -87,6 +87,4 @@ def reason_code(reason: str) -> Code:
 
 def coding_scheme(manufacturer: str) -> CodingSchemeIdentificationItem:
     """The CodingSchemeIdentificationSequence item that declares the private scheme."""
-    return CodingSchemeIdentificationItem(
-        designator=SCHEME, name=SCHEME_NAME, responsible_organization=manufacturer
-    )
+    return CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME, responsible_organization=manufacturer)

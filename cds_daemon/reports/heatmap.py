@@ -127,9 +127,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _text_width(
-    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
-) -> int:
+def _text_width(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
     left, _, right, _ = draw.textbbox((0, 0), text, font=font)
     return int(right - left)
 
@@ -187,9 +185,7 @@ def _draw_footer(canvas: Image.Image, top: int, width: int, height: int, result:
 
     x = pad + bar_w + 3 * pad
     room = width - x - pad
-    predicted = (
-        f"Predicted: {result.display_name(result.predicted)}  p = {result.probability(result.predicted):.2f}"
-    )
+    predicted = f"Predicted: {result.display_name(result.predicted)}  p = {result.probability(result.predicted):.2f}"
     draw.text((x, top + 8), predicted, font=_fitted(predicted, 20, room), fill=_WHITE)
     status = "Referred for expert review" if result.referred else "Not referred"
     second = f"{status}. Brighter = more influence on this class. {NOT_FOR_DIAGNOSIS}."
@@ -290,9 +286,7 @@ def build_heatmap_sc(
     reference.ReferencedSOPInstanceUID = header.SOPInstanceUID
     if int(header.get("NumberOfFrames", 1) or 1) > 1:
         reference.ReferencedFrameNumber = 1
-    reference.PurposeOfReferenceCodeSequence = [
-        hd.sr.CodedConcept.from_code(codes.SOURCE_IMAGE_FOR_PROCESSING)
-    ]
+    reference.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.SOURCE_IMAGE_FOR_PROCESSING)]
     sc.SourceImageSequence = Sequence([reference])
     for keyword, value in _lossy_attributes(source).items():
         setattr(sc, keyword, value)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cds_daemon.common.vocabulary import ReviewDecision
+from cds_daemon.common.vocabulary import ReferralReason, ReviewDecision
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class AIResult:
             raise ValueError("reason_texts must match reasons in length")
         if self.cam is not None and np.asarray(self.cam).ndim != 2:
             raise ValueError(f"cam must be a 2-D map, got shape {np.asarray(self.cam).shape}")
+
+    @property
+    def analysed(self) -> bool:
+        """False for the result of an image the AI could not analyse (no class, no probabilities)."""
+        return ReferralReason.NOT_ANALYSED not in self.reasons
 
     def probability(self, cls: str) -> float:
         """Calibrated ensemble probability of one class."""

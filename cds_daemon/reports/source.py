@@ -14,6 +14,8 @@ from typing import TypedDict
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, DT, TM
 
 from cds_daemon.common.vocabulary import REQUIRED_SOURCE_UIDS
 from cds_daemon.reports.result import AIResult
@@ -50,7 +52,27 @@ def evidence_of(source: Dataset) -> Dataset:
             setattr(header, keyword, "")
     if str(header.PatientSex or "") not in {"", "M", "F", "O"}:
         header.PatientSex = ""
+    _blank_unreadable_dates(header)
     return header
+
+
+_DATE_TYPES = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _blank_unreadable_dates(header: Dataset) -> None:
+    """A date or time other software wrote in a local format ("31.01.1970") cannot be copied into a
+    conformant object: it becomes empty (what type 2 allows) rather than stopping the report. The
+    source image keeps it."""
+    for elem in header:
+        parse = _DATE_TYPES.get(str(elem.VR))
+        if parse is None or elem.value in (None, ""):
+            continue
+        values = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
+        try:
+            for value in values:
+                parse(str(value))
+        except ValueError:
+            elem.value = ""
 
 
 def copy_patient_study(target: hd.SOPClass, header: Dataset) -> None:

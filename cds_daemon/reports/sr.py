@@ -64,14 +64,24 @@ def _evaluation(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
-def _ai_group(
-    header: Dataset, result: AIResult, manufacturer: str
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _ai_group(header: Dataset, result: AIResult, manufacturer: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    if not result.analysed:  # no class, no probabilities: only that it was referred, and why
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(header, result),
+            finding_type=codes.THYROID_NODULE,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
+            algorithm_id=_algorithm(result, manufacturer),
+            qualitative_evaluations=[
+                _evaluation(codes.REFERRED, codes.YES),
+                *(_evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
+            ],
+            source_images=[_source_image(header)],
+        )
+        group[0].ContentSequence.extend(_text(codes.REFERRAL_REASON, t) for t in result.reason_texts)
+        return group
     measurements = [
         hd.sr.Measurement(
             name=codes.probability_concept(cls, display),
@@ -81,9 +91,7 @@ def _ai_group(
         for cls, display, p in zip(result.classes, result.display_names, result.probabilities, strict=True)
     ]
     evaluations = [
-        _evaluation(
-            codes.CATEGORY, codes.class_code(result.predicted, result.display_name(result.predicted))
-        ),
+        _evaluation(codes.CATEGORY, codes.class_code(result.predicted, result.display_name(result.predicted))),
         _evaluation(codes.REFERRED, codes.YES if result.referred else codes.NO),
         *(_evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
         *(
@@ -111,8 +119,14 @@ def build_ai_sr(
     manufacturer: str = DEFAULT_MANUFACTURER,
     device_uid: str | None = None,
 ) -> Dataset:
-    """The AI result as a TID 1500 Comprehensive SR in the source study (new series, deterministic UIDs)."""
-    result.validate()
+    """The AI result as a TID 1500 Comprehensive SR in the source study (new series, deterministic UIDs).
+
+    For an image the AI could not analyse (``result.analysed`` false) the same document says so and why,
+    with no class or probability, so the PACS shows "not analysed" rather than nothing. A later
+    successful analysis replaces it (same SOP Instance UID).
+    """
+    if result.analysed:
+        result.validate()
     header = evidence_of(source)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
@@ -132,7 +146,9 @@ def build_ai_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=series_description("AI cytology result", result, "PRELIMINARY"),
+        series_description=series_description(
+            "AI cytology result" if result.analysed else "AI not analysed", result, "PRELIMINARY"
+        ),
         coding_schemes=[codes.coding_scheme(manufacturer)],
         specific_character_set=character_set(header, result, manufacturer),
         content_date=created.date(),

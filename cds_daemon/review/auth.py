@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 
+from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.vocabulary import UserRole
 from cds_daemon.store import Store, User
 
@@ -84,28 +85,71 @@ def authenticate(store: Store, username: str, password: str) -> User | None:
     return user if verify_password(password, user.password_hash) else None
 
 
-class LoginThrottle:
-    """Counts failed logins per user name; after ``limit`` within ``window_s`` that name is locked."""
+def issue_token(store: Store, user: User, hours: float, *, actor: str) -> str:
+    """A random token that stands for ``user`` on the command line for ``hours``; only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    store.add_token(hashlib.sha256(token.encode()).hexdigest(), user.username, timestamp_in(hours * 3600), actor=actor)
+    return token
 
-    def __init__(self, limit: int, window_s: float = 900.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, list[float]] = {}
+
+def token_user(store: Store, token: str) -> User | None:
+    """The active user a token stands for, else None (unknown, expired, or the user is disabled)."""
+    username = store.token_user(hashlib.sha256(token.strip().encode()).hexdigest())
+    user = store.get_user(username) if username else None
+    return user if user is not None and not user.disabled else None
+
+
+class LoginThrottle:
+    """Exponential backoff of failed logins, per (address, user name) and per address; never a lockout.
+
+    After ``free`` failures for one user name from one address, each further attempt from there must
+    wait ``base_s * 2**(failures - free)`` seconds (at most ``max_s``); after ``address_free`` failures
+    from one address for any names (password spraying), the same for the whole address. Someone else's
+    failures, from another address, never delay a user, and the right password always works once the
+    wait is over (a success clears that user's count). Counters are forgotten after ``max_s`` without a
+    failure, and at most ``capacity`` are kept, so memory stays bounded whatever names are tried.
+    """
+
+    def __init__(
+        self,
+        free: int = 5,
+        *,
+        address_free: int = 20,
+        base_s: float = 1.0,
+        max_s: float = 900.0,
+        capacity: int = 10_000,
+    ) -> None:
+        self.free, self.address_free = free, address_free
+        self.base_s, self.max_s, self.capacity = base_s, max_s, capacity
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (count, last failure)
         self._lock = threading.Lock()
 
-    def _recent(self, username: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(username, []) if now - t < self.window_s]
-        self._failures[username] = times
-        return times
+    def _delay(self, key: tuple[str, str], free: int, now: float) -> float:
+        count, last = self._failures.get(key, (0, 0.0))
+        if count < free or now - last > self.max_s:
+            return 0.0
+        wait = min(self.max_s, self.base_s * 2.0 ** (count - free))
+        return max(0.0, last + wait - now)
 
-    def locked(self, username: str) -> bool:
+    def wait_s(self, address: str, username: str) -> float:
+        """Seconds until this address may try this user name again (0: now)."""
+        now = time.monotonic()
         with self._lock:
-            return len(self._recent(username, time.monotonic())) >= self.limit
+            return max(
+                self._delay((address, username), self.free, now), self._delay((address, ""), self.address_free, now)
+            )
 
-    def failed(self, username: str) -> None:
+    def failed(self, address: str, username: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._recent(username, time.monotonic()).append(time.monotonic())
+            for key in ((address, username), (address, "")):
+                count, last = self._failures.get(key, (0, 0.0))
+                self._failures[key] = (1 if now - last > self.max_s else count + 1, now)
+            if len(self._failures) > self.capacity:
+                oldest = sorted(self._failures.items(), key=lambda kv: kv[1][1])[: len(self._failures) // 2]
+                for key, _ in oldest:
+                    del self._failures[key]
 
-    def succeeded(self, username: str) -> None:
+    def succeeded(self, address: str, username: str) -> None:
         with self._lock:
-            self._failures.pop(username, None)
+            self._failures.pop((address, username), None)

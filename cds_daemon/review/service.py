@@ -147,8 +147,13 @@ class ReviewService:
         images: Sequence[str] | None = None,
         final_class: str | None = None,
         comment: str | None = None,
+        actor: str | None = None,
     ) -> list[Decision]:
-        """Record ``decision`` for the given images of the item (default: every undecided one)."""
+        """Record ``decision`` for the given images of the item (default: every undecided one).
+
+        ``actor`` names the channel in the audit trail when it is not the reviewer's own web session
+        (``cli:<os user>`` for the command line).
+        """
         user = self.store.get_user(reviewer)
         if user is None or user.disabled:
             raise ReviewError(f"{reviewer!r} is not an active user")
@@ -166,7 +171,7 @@ class ReviewService:
             raise ReviewError(f"not in worklist item {item_id}: {', '.join(unknown)}")
         plans = [(uid, self._final_class(uid, decision, final_class)) for uid in targets]
         with self._lock:
-            made = [self._decide_one(item, uid, decision, final, comment, user) for uid, final in plans]
+            made = [self._decide_one(item, uid, decision, final, comment, user, actor) for uid, final in plans]
         self.on_queued()
         return made
 
@@ -186,6 +191,7 @@ class ReviewService:
         classes: tuple[str | None, str | None],
         comment: str | None,
         user: User,
+        actor: str | None = None,
     ) -> Decision:
         from cds_daemon.reports.files import write_objects
         from cds_daemon.reports.sr import build_review_sr
@@ -220,6 +226,7 @@ class ReviewService:
             comment=comment,
             review_sr=review_sr,
             destinations=[d.name for d in self.settings.destinations],
+            actor=actor,
         )
         log.info(
             "review_decision",

@@ -8,9 +8,8 @@ The durable file spools (received images, result objects) are in :mod:`cds_daemo
 
 from __future__ import annotations
 
-import json
-
 from cds_daemon.common.clock import timestamp
+from cds_daemon.common.vocabulary import REASONS, ReferralReason
 from cds_daemon.store.instances import TRANSITIONS, InstanceStore
 from cds_daemon.store.outbox import OutboxStore
 from cds_daemon.store.records import (
@@ -43,6 +42,10 @@ __all__ = [
 ]
 
 
+#: An audit-sampled case waits like an ordinary low-confidence referral, so reviewers cannot tell them apart.
+AUDIT_PRIORITY = REASONS[ReferralReason.LOW_CONFIDENCE].priority
+
+
 class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStore):
     """All persistent state of the daemon. Thread-safe."""
 
@@ -54,42 +57,25 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         destinations: list[str],
         *,
         actor: str,
+        audit: bool = False,
     ) -> None:
         """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
 
         Re-running an instance replaces its prediction and re-queues its objects (their UIDs
-        are deterministic, so the PACS receives replacements, not duplicates).
+        are deterministic, so the PACS receives replacements, not duplicates). ``audit``: a finalised
+        image also goes to the worklist, for the blind audit of what is finalised.
         """
         now = timestamp()
         p = prediction
         with self._tx() as db:
-            db.execute(
-                """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,
-                       predicted, probabilities, referred, reasons, detail, created_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT (sop_instance_uid) DO UPDATE SET model_name = excluded.model_name,
-                       model_version = excluded.model_version, model_sha256 = excluded.model_sha256,
-                       predicted = excluded.predicted, probabilities = excluded.probabilities,
-                       referred = excluded.referred, reasons = excluded.reasons, detail = excluded.detail,
-                       created_at = excluded.created_at""",
-                (
-                    sop_instance_uid,
-                    p.model_name,
-                    p.model_version,
-                    p.model_sha256,
-                    p.predicted,
-                    None if p.probabilities is None else json.dumps(p.probabilities),
-                    int(p.referred),
-                    json.dumps(p.reasons),
-                    json.dumps(p.detail),
-                    now,
-                ),
-            )
+            self._upsert_prediction(db, sop_instance_uid, p, now)
             for out in outputs:
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
             self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None)
             if p.referred:
                 self._worklist_add(db, sop_instance_uid, p.priority, actor)
+            elif audit:
+                self._worklist_add(db, sop_instance_uid, AUDIT_PRIORITY, actor, audit=True)
             if not destinations:
                 self._audit(db, actor, "no-destinations", sop_instance_uid, None)
 
@@ -105,6 +91,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         comment: str | None,
         review_sr: OutputObject | None,
         destinations: list[str],
+        actor: str | None = None,
     ) -> Decision:
         """Store a reviewer's decision and queue its verified SR; close the case when every image is decided."""
         now = timestamp()
@@ -142,10 +129,10 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 db.execute("UPDATE worklist SET status = 'done', updated_at = ? WHERE id = ?", (now, worklist_id))
             self._audit(
                 db,
-                reviewer,
+                actor or reviewer,
                 f"decision:{decision}",
                 sop_instance_uid,
-                {"worklist_id": worklist_id, "ai_class": ai_class, "final_class": final_class},
+                {"worklist_id": worklist_id, "reviewer": reviewer, "ai_class": ai_class, "final_class": final_class},
             )
             row = db.execute("SELECT * FROM decisions WHERE id = ?", (cur.lastrowid,)).fetchone()
         return Decision(**dict(row))
@@ -171,3 +158,23 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 self._transition(db, uid, "delivered", actor, None)
                 return True
         return False
+
+    def record_failure(
+        self,
+        sop_instance_uid: str,
+        reason: str,
+        prediction: PredictionRecord,
+        outputs: list[OutputObject],
+        destinations: list[str],
+        *,
+        actor: str,
+    ) -> None:
+        """An image the AI could not analyse: ``processing -> failed`` with the reason, its "not analysed"
+        prediction and SR in the outbox, and a worklist entry, all or nothing: it never ends silently."""
+        now = timestamp()
+        with self._tx() as db:
+            self._upsert_prediction(db, sop_instance_uid, prediction, now)
+            for out in outputs:
+                self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
+            self._transition(db, sop_instance_uid, "failed", actor, reason)
+            self._worklist_add(db, sop_instance_uid, prediction.priority, actor)

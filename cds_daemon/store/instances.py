@@ -160,6 +160,31 @@ class InstanceStore(StoreBase):
             db.execute("UPDATE instances SET purged_at = ? WHERE sop_instance_uid = ?", (timestamp(), sop_instance_uid))
             self._audit(db, actor, "purged-files", sop_instance_uid, None)
 
+    def _upsert_prediction(self, db: sqlite3.Connection, uid: str, p: PredictionRecord, now: str) -> None:
+        """The image's prediction, replacing an earlier one (a re-run)."""
+        db.execute(
+            """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,
+                   predicted, probabilities, referred, reasons, detail, created_at)
+               VALUES (?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT (sop_instance_uid) DO UPDATE SET model_name = excluded.model_name,
+                   model_version = excluded.model_version, model_sha256 = excluded.model_sha256,
+                   predicted = excluded.predicted, probabilities = excluded.probabilities,
+                   referred = excluded.referred, reasons = excluded.reasons, detail = excluded.detail,
+                   created_at = excluded.created_at""",
+            (
+                uid,
+                p.model_name,
+                p.model_version,
+                p.model_sha256,
+                p.predicted,
+                None if p.probabilities is None else json.dumps(p.probabilities),
+                int(p.referred),
+                json.dumps(p.reasons),
+                json.dumps(p.detail),
+                now,
+            ),
+        )
+
     def get_prediction(self, sop_instance_uid: str) -> PredictionRecord | None:
         with self._lock:
             row = self._db.execute(

@@ -150,4 +150,18 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE instances SET case_key = CASE WHEN accession_number IS NOT NULL AND accession_number != ''
         THEN 'accession:' || accession_number ELSE 'study:' || COALESCE(study_instance_uid, sop_instance_uid) END;
     """,
+    # A finalised image sampled for the blind audit sits in the worklist like any other; only this flag (used
+    # by the admin statistics) tells it apart.
+    """
+    ALTER TABLE worklist_images ADD COLUMN audit INTEGER NOT NULL DEFAULT 0;
+    """,
+    # A reviewer's command-line token (``cds-daemon user token``): its SHA-256 only, and when it expires.
+    """
+    CREATE TABLE user_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES users (username),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    """,
 )

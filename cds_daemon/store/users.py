@@ -32,3 +32,20 @@ class UserStore(StoreBase):
         with self._tx() as db:
             db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
             self._audit(db, actor, "user:disable", None, {"username": username})
+
+    def add_token(self, token_sha256: str, username: str, expires_at: str, *, actor: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO user_tokens (token_sha256, username, created_at, expires_at) VALUES (?,?,?,?)",
+                (token_sha256, username, timestamp(), expires_at),
+            )
+            self._audit(db, actor, "user:token", None, {"username": username, "expires_at": expires_at})
+
+    def token_user(self, token_sha256: str) -> str | None:
+        """The user name of an unexpired token, else None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username FROM user_tokens WHERE token_sha256 = ? AND expires_at > ?",
+                (token_sha256, timestamp()),
+            ).fetchone()
+        return None if row is None else str(row[0])

@@ -12,8 +12,11 @@ from cds_daemon.store.records import Decision, WorklistItem
 
 
 class WorklistStore(StoreBase):
-    def _worklist_add(self, db: sqlite3.Connection, uid: str, priority: int, actor: str) -> None:
-        """File a referred image under its case (the key ingest recorded); reopen a finished case."""
+    def _worklist_add(
+        self, db: sqlite3.Connection, uid: str, priority: int, actor: str, *, audit: bool = False
+    ) -> None:
+        """File a referred (or audit-sampled) image under its case (the key ingest recorded); reopen a
+        finished case."""
         inst = db.execute(
             "SELECT study_instance_uid, accession_number, case_key FROM instances WHERE sop_instance_uid = ?", (uid,)
         ).fetchone()
@@ -28,11 +31,12 @@ class WorklistStore(StoreBase):
         )
         item_id = db.execute("SELECT id FROM worklist WHERE case_key = ?", (key,)).fetchone()[0]
         db.execute(
-            "INSERT INTO worklist_images (worklist_id, sop_instance_uid) VALUES (?, ?)"
+            "INSERT INTO worklist_images (worklist_id, sop_instance_uid, audit) VALUES (?, ?, ?)"
             " ON CONFLICT (sop_instance_uid) DO NOTHING",
-            (item_id, uid),
+            (item_id, uid, int(audit)),
         )
-        self._audit(db, actor, "worklist:add", uid, {"worklist_id": item_id, "priority": priority})
+        action = "worklist:add-audit" if audit else "worklist:add"
+        self._audit(db, actor, action, uid, {"worklist_id": item_id, "priority": priority})
 
     def _worklist_item(self, db: sqlite3.Connection, row: sqlite3.Row) -> WorklistItem:
         images = tuple(

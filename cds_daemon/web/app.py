@@ -7,16 +7,30 @@ Patient identifiers appear only in pages for logged-in users and never in a log 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException
 
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
+from cds_daemon.review.audit import Alert, check_for
 from cds_daemon.review.auth import LoginThrottle, authenticate
 from cds_daemon.review.jobs import age_text
 from cds_daemon.review.service import ReviewError, ReviewService
@@ -54,6 +68,7 @@ class WebContext:
     store: Store
     review: ReviewService
     engine: Engine | None = None
+    alerts: Callable[[], list[Alert]] = field(default=lambda: [])  # the production checks now failing
     registry: SessionRegistry = field(init=False)
     throttle: LoginThrottle = field(init=False)
     images: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(24))
@@ -61,11 +76,21 @@ class WebContext:
 
     def __post_init__(self) -> None:
         self.registry = SessionRegistry(self.settings.web.session_minutes * 60)
-        self.throttle = LoginThrottle(self.settings.web.max_failed_logins)
+        free = self.settings.web.max_failed_logins
+        self.throttle = LoginThrottle(free, address_free=4 * free)
 
     @property
     def engine_sha(self) -> str | None:
         return None if self.engine is None else self.engine.identity
+
+
+MAX_USERNAME = 64
+MAX_PASSWORD = 1024
+
+
+def _audit(actor: str, action: str, uid: str | None, **detail: Any) -> None:
+    """An audit row of a web action, always with the client's address."""
+    current_app.config["CDS_STORE"].audit(actor, action, uid, address=request.remote_addr, **detail)
 
 
 def _actor() -> str:
@@ -107,15 +132,16 @@ def create_app(ctx: WebContext) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         TEMPLATES_AUTO_RELOAD=False,
     )
-    app.jinja_env.globals.update(csrf_token=csrf_token, reason_label=present.reason_label)
+    app.jinja_env.globals.update(csrf_token=csrf_token, reason_label=present.reason_label, alerts=ctx.alerts)
     app.jinja_env.globals.update(STATUS_LABELS=present.STATUS_LABELS, PRIORITY_LABELS=present.PRIORITY_LABELS)
     app.after_request(secure_headers)
+    app.config["CDS_STORE"] = ctx.store
 
     @app.before_request
     def _before() -> Any:
         g.user = load_user(ctx.store, ctx.registry)
         if request.method == "POST" and not csrf_ok():
-            ctx.store.audit(_actor(), "web:csrf-refused", None, path=request.path)
+            _audit(_actor(), "web:csrf-refused", None, path=request.path)
             abort(400, description="The form expired or did not come from this site. Reload the page and try again.")
         return None
 
@@ -124,7 +150,7 @@ def create_app(ctx: WebContext) -> Flask:
         if request.path.endswith(".png") or exc.code is None:
             return exc
         if exc.code == 403:
-            ctx.store.audit(_actor(), "web:forbidden", None, path=request.path)
+            _audit(_actor(), "web:forbidden", None, path=request.path)
         return render_template("error.html", error=exc), exc.code
 
     @app.errorhandler(ReviewError)
@@ -147,33 +173,38 @@ def _register_auth(app: Flask, ctx: WebContext) -> None:
 
     @app.post("/login")
     def login_post() -> Any:
-        username = request.form.get("username", "").strip().lower()
-        password = request.form.get("password", "")
+        username = request.form.get("username", "").strip().lower()[: MAX_USERNAME + 1]
+        password = request.form.get("password", "")[:MAX_PASSWORD]
         target = safe_next(request.form.get("next"))
-        if ctx.throttle.locked(username):
-            ctx.store.audit("anonymous", "web:login-locked", None, username=username)
-            flash("Too many failed attempts for this user. Try again in 15 minutes.", "error")
-            return render_template("login.html", next=target, username=username), 429
-        user = authenticate(ctx.store, username, password)
+        address = request.remote_addr or "unknown"
+        # A name that is no account is often a mistyped password: it is neither stored nor logged.
+        known = len(username) <= MAX_USERNAME and ctx.store.get_user(username) is not None
+        named = {"username": username} if known else {}
+        wait = ctx.throttle.wait_s(address, username)
+        if wait > 0:
+            _audit("anonymous", "web:login-throttled", None, wait_s=round(wait), **named)
+            flash(f"Too many failed attempts. Try again in {max(1, round(wait))} seconds.", "error")
+            return render_template("login.html", next=target, username=username if known else ""), 429
+        user = authenticate(ctx.store, username, password) if len(username) <= MAX_USERNAME else None
         if user is None:
-            ctx.throttle.failed(username)
-            ctx.store.audit("anonymous", "web:login-failed", None, username=username, address=request.remote_addr)
-            log.info("web_login_failed", username=username)
+            ctx.throttle.failed(address, username)
+            _audit("anonymous", "web:login-failed", None, **named)
+            log.info("web_login_failed", known_user=known)
             flash("Unknown user name or wrong password.", "error")
-            return render_template("login.html", next=target, username=username), 401
-        ctx.throttle.succeeded(username)
+            return render_template("login.html", next=target, username=username if known else ""), 401
+        ctx.throttle.succeeded(address, username)
         session.clear()
         session.permanent = True
         session["sid"] = ctx.registry.open(user.username)
         csrf_token()
-        ctx.store.audit(user.username, "web:login", None, address=request.remote_addr)
+        _audit(user.username, "web:login", None)
         log.info("web_login", username=user.username, role=user.role)
         return redirect(target)
 
     @app.post("/logout")
     def logout() -> Any:
         if g.user is not None:
-            ctx.store.audit(g.user.username, "web:logout", None)
+            _audit(g.user.username, "web:logout", None)
         ctx.registry.close(session.get("sid"))
         session.clear()
         return redirect(url_for("login"))
@@ -199,7 +230,7 @@ def _register_worklist(app: Flask, ctx: WebContext) -> None:
         rows = [r for r in rows if r.matches(query) and (not reason or reason in r.reasons)]
         counts = ctx.store.worklist_counts()
         counts["active"] = counts["open"] + counts["in_review"] + counts["escalated"]
-        ctx.store.audit(g.user.username, "web:worklist", None, status=status, shown=len(rows))
+        _audit(g.user.username, "web:worklist", None, status=status, shown=len(rows))
         return render_template(
             "worklist.html",
             rows=present.sort_rows(rows, sort),
@@ -232,16 +263,19 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
         uid = request.args.get("image") or next((u for u in item.images if u not in item.decided), item.images[0])
         if uid not in item.images:
             abort(404)
+        # Looking claims nothing (a link prefetcher looks too): "Take this case" or a decision does.
         taken_by_other = item.status == "in_review" and item.assignee not in (None, g.user.username)
-        if item.status != "done" and not taken_by_other and item.assignee != g.user.username:
-            ctx.store.worklist_assign(item.id, g.user.username)
-            item = _item_or_404(ctx, item_id)
-        ctx.store.audit(g.user.username, "web:view-case", uid, worklist_id=item.id)
+        _audit(g.user.username, "web:view-case", uid, worklist_id=item.id)
         labels = ctx.review.labels
         decisions = ctx.store.decisions(item.id)
         panel = present.image_panel(ctx.store, labels, item, uid, decisions)
         prediction = ctx.store.get_prediction(uid)
-        heatmap = ctx.engine is not None and prediction is not None and prediction.model_sha256 == ctx.engine_sha
+        heatmap = (
+            ctx.engine is not None
+            and prediction is not None
+            and prediction.predicted is not None
+            and prediction.model_sha256 == ctx.engine_sha
+        )
         upcoming = _next_item(ctx, item.id, g.user.username)
         return render_template(
             "case.html",
@@ -255,10 +289,19 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
             taken_by_other=taken_by_other,
         )
 
+    @app.post("/case/<int:item_id>/claim")
+    @login_required
+    def claim(item_id: int) -> Any:
+        item = _item_or_404(ctx, item_id)
+        if item.status != "done":
+            ctx.store.worklist_assign(item.id, g.user.username)
+        return redirect(url_for("case", item_id=item.id, image=request.form.get("image") or None))
+
     @app.get("/case/<int:item_id>/image/<uid>.png")
     @login_required
     def case_image(item_id: int, uid: str) -> Any:
         path = _source_path(ctx, _item_or_404(ctx, item_id), uid)
+        _audit(g.user.username, "web:view-image", uid, worklist_id=item_id)
         return _png(ctx.images.get_or_make(uid, functools.partial(imaging.image_png, path)))
 
     @app.get("/case/<int:item_id>/heatmap/<uid>.png")
@@ -266,8 +309,14 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
     def case_heatmap(item_id: int, uid: str) -> Any:
         path = _source_path(ctx, _item_or_404(ctx, item_id), uid)
         prediction = ctx.store.get_prediction(uid)
-        if ctx.engine is None or prediction is None or prediction.model_sha256 != ctx.engine_sha:
+        if (
+            ctx.engine is None
+            or prediction is None
+            or prediction.predicted is None
+            or prediction.model_sha256 != ctx.engine_sha
+        ):
             abort(404)
+        _audit(g.user.username, "web:view-heatmap", uid, worklist_id=item_id)
         return _png(ctx.heatmaps.get_or_make(uid, functools.partial(imaging.heatmap_png, path, ctx.engine)))
 
     @app.post("/case/<int:item_id>/decide")
@@ -276,6 +325,12 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
         item = _item_or_404(ctx, item_id)
         uid = request.form.get("image", "")
         decision, _, final_class = request.form.get("choice", "").partition(":")
+        if (
+            item.status != "done"
+            and item.assignee != g.user.username
+            and not (item.status == "in_review" and item.assignee is not None)
+        ):
+            ctx.store.worklist_assign(item.id, g.user.username)  # deciding takes an unclaimed case
         try:
             ctx.review.decide(
                 item.id,
@@ -310,9 +365,11 @@ def _register_admin(app: Flask, ctx: WebContext) -> None:
         columns = [*labels.classes, "non_diagnostic"]
         rows = [c for c in [*labels.classes, "none"] if c in agreement["pairs"]]
         counts = ctx.store.worklist_counts()
-        ctx.store.audit(g.user.username, "web:admin", None)
+        _audit(g.user.username, "web:admin", None)
+        monitoring = check_for(ctx.store, ctx.engine.manifest if ctx.engine is not None else None, ctx.settings)
         return render_template(
             "admin.html",
+            monitoring=monitoring,
             agreement=agreement,
             columns=columns,
             rows=rows,

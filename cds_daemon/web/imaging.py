@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from cds_daemon.analysis.decode import decode
+from cds_daemon.analysis.decode import DecodeError, decode
 
 if TYPE_CHECKING:
     from cds_daemon.analysis.engine import Engine
@@ -106,7 +106,13 @@ class ImageCache:
 
 
 def image_png(path: Path) -> bytes:
-    return png(decode(path).rgb)
+    """The image as PNG; an image that cannot be decoded shows a grey card that says so."""
+    try:
+        return png(decode(path).rgb)
+    except DecodeError:
+        card = Image.new("RGB", (1024, 768), (96, 96, 96))
+        ImageDraw.Draw(card).text((40, 360), "This image cannot be decoded.", fill=(255, 255, 255), font_size=40)
+        return png(np.asarray(card))
 
 
 def heatmap_png(path: Path, engine: Engine) -> bytes:

@@ -128,6 +128,7 @@ class ImagePanel:
     ood: dict[str, Any] = field(default_factory=dict)
     decisions: list[DecisionView] = field(default_factory=list)
     error: str | None = None
+    not_analysed: bool = False  # the AI could not analyse it: no class to confirm, reason_texts say why
 
 
 def _member(labels: Labels, detail: dict[str, Any], key: str) -> tuple[str, str, float | None]:
@@ -161,6 +162,11 @@ def image_panel(store: Store, labels: Labels, item: WorklistItem, uid: str, deci
         panel.error = str(exc)
         return panel
     detail = prediction.detail
+    panel.reason_texts = list(result.reason_texts) or [reason_label(r) for r in result.reasons]
+    if not result.analysed:
+        panel.not_analysed = True
+        panel.model = f"{result.model_name} {result.model_version}"
+        return panel
     panel.predicted = result.predicted
     panel.predicted_name = labels.short(result.predicted)
     panel.predicted_detail = labels.detail(result.predicted)
@@ -172,7 +178,6 @@ def image_panel(store: Store, labels: Labels, item: WorklistItem, uid: str, deci
         for code, p in zip(labels.classes, result.probabilities, strict=True)
     ]
     panel.conformal_set = [labels.short(c) for c in result.conformal_set]
-    panel.reason_texts = list(result.reason_texts) or [reason_label(r) for r in result.reasons]
     panel.members = [_member(labels, detail, "basic"), _member(labels, detail, "premium")]
     panel.model = f"{result.model_name} {result.model_version}"
     panel.model_sha = result.model_sha256[:12]

@@ -93,7 +93,8 @@ def csrf_token() -> str:
 def csrf_ok() -> bool:
     expected = session.get("csrf")
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
-    return bool(expected) and hmac.compare_digest(str(expected), sent)
+    # compare_digest takes str only when it is ASCII: compare bytes, so a stray "é" is a refusal, not a 500
+    return bool(expected) and hmac.compare_digest(str(expected).encode(), sent.encode("utf-8", "replace"))
 
 
 def load_user(store: Store, registry: SessionRegistry) -> User | None:

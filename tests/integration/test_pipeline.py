@@ -153,8 +153,8 @@ def test_undecodable_image_fails_alone(
         return counts["failed"] == 1 and counts["delivered"] + counts["reported"] == 1
 
     wait_until(settled, 120, "one failed, one reported")
-    failed = [e for e in daemon.log_events() if e["event"] == "instance_failed"]
-    assert failed and "decode" in failed[0]["reason"]
+    failed = [e for e in daemon.log_events() if e["event"] == "instance_not_analysed"]
+    assert [e["cause"] for e in failed] == ["decode"]
 
 
 def test_helper_process_killed_mid_burst_loses_nothing(

@@ -243,7 +243,7 @@ def test_broken_input_corpus(
         expected = by_name[name].expected_outcome
         events = [e for e in daemon.log_events() if e.get("sop_instance_uid") == uid]
         if expected == "failed":
-            assert any(e["event"] == "instance_failed" and e["reason"] for e in events), name
+            assert any(e["event"] == "instance_not_analysed" and e["cause"] for e in events), name
         elif expected == "review":
             reported = [e for e in events if e["event"] == "instance_reported"]
             assert reported and reported[-1]["referred"], name

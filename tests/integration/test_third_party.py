@@ -154,4 +154,3 @@ def test_conformance_table_is_current(
         DOC.write_text(text.replace(current, table) if current else text.rstrip("\n") + "\n\n" + table + "\n")
         return
     pytest.fail("docs/conformance.md's third-party table is out of date: rerun with CDS_WRITE_DOCS=1")
-

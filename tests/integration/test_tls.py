@@ -303,3 +303,28 @@ def _received_uids(scp: StoreSCPProcess) -> set[str]:
         except Exception:  # still being written
             continue
     return uids
+
+
+def test_tls12_cbc_suites_are_refused_and_certificates_bind_ae_titles(
+    make_daemon: Callable[..., DaemonProcess], pki: TestPKI
+) -> None:
+    """BCP 195: AEAD suites only; a caller whose certificate is not its AE title's is refused."""
+    bound = (
+        '[[listener.allowed_callers]]\nae_title = "STORESCU"\naddresses = ["127.0.0.1/32"]\n'
+        'tls_common_name = "client"\n'
+        '[[listener.allowed_callers]]\nae_title = "MODALITY"\naddresses = ["127.0.0.1/32"]\n'
+        'tls_common_name = "modality-7"\n'
+    )
+    d = make_daemon(listener_tls=_listener_tls(pki), allowed=[], extra_config=bound).start()
+    s_client = ["openssl", "s_client", "-connect", f"127.0.0.1:{d.port}", "-brief", "-tls1_2"]
+    s_client += ["-cert", str(pki.client.cert), "-key", str(pki.client.key), "-CAfile", str(pki.ca.cert)]
+    for cipher, accepted in (
+        ("ECDHE-RSA-AES128-SHA256:AES128-SHA256:AES256-SHA", False),
+        ("ECDHE-RSA-AES128-GCM-SHA256", True),
+    ):
+        r = subprocess.run([*s_client, "-cipher", cipher], input="", capture_output=True, text=True, timeout=30)
+        assert (r.returncode == 0) == accepted, f"{cipher}: {r.stderr}"
+    assert echoscu(d.port, extra=_trusted_client(pki)).returncode == 0  # certificate CN "client" is STORESCU's
+    r = echoscu(d.port, calling="MODALITY", extra=_trusted_client(pki))  # same certificate, another AE title
+    assert r.returncode != 0
+    assert ("caller_certificate",) in _rows(d, "SELECT code FROM rejections")

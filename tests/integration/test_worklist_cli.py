@@ -84,18 +84,28 @@ def test_list_show_decide_and_status(case: tuple[Path, WorklistItem]) -> None:
     details = json.loads(_cli(config, "worklist", "show", str(item.id), "--json").stdout)["image_details"]
     ai_class = details[0]["predicted"]
 
-    refused = _cli(config, "worklist", "decide", "--item", str(item.id), "--decision", "change", "--reviewer", "dr.jo")
+    pw = "a long password\n"
+    decide = ("worklist", "decide", "--item", str(item.id))
+    anonymous = _cli(config, *decide, "--decision", "confirm", "--reviewer", "dr.jo")  # no password, no token
+    assert anonymous.returncode == 1 and "--password-stdin" in anonymous.stderr
+    wrong = _cli(config, *decide, "--decision", "confirm", "--reviewer", "dr.jo", "--password-stdin", stdin="guess\n")
+    assert wrong.returncode == 1 and "password is wrong" in wrong.stderr
+    refused = _cli(config, *decide, "--decision", "change", "--reviewer", "dr.jo", "--password-stdin", stdin=pw)
     assert refused.returncode == 1 and "change needs --class" in refused.stderr
-    unknown = _cli(config, "worklist", "decide", "--item", str(item.id), "--decision", "confirm", "--reviewer", "x.y")
+    unknown = _cli(config, *decide, "--decision", "confirm", "--reviewer", "x.y", "--password-stdin", stdin=pw)
     assert unknown.returncode == 1 and "not an active user" in unknown.stderr
 
     one = _cli(
-        config, "worklist", "decide", "--item", str(item.id), "--image", item.images[1],
-        "--decision", "non_diagnostic", "--comment", "empty field", "--reviewer", "dr.jo",
+        config, *decide, "--image", item.images[1], "--decision", "non_diagnostic", "--comment", "empty field",
+        "--reviewer", "dr.jo", "--password-stdin", stdin=pw,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr
+    token = _cli(config, "user", "token", "dr.jo", "--hours", "1", "--password-stdin", stdin=pw)
+    assert token.returncode == 0, token.stderr
+    stolen = _cli(config, *decide, "--decision", "confirm", "--reviewer", "dr.b", "--token", token.stdout.strip())
+    assert stolen.returncode == 1 and "not dr.b's" in stolen.stderr
     rest = _cli(
-        config, "worklist", "decide", "--item", str(item.id), "--decision", "confirm", "--reviewer", "dr.jo", "--json"
+        config, *decide, "--decision", "confirm", "--reviewer", "dr.jo", "--token", token.stdout.strip(), "--json"
     )
     assert rest.returncode == 0, rest.stderr
     (made,) = json.loads(rest.stdout)

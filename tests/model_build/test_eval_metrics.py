@@ -47,9 +47,7 @@ def test_never_predicted_class_scores_zero() -> None:
     prf = metrics.per_class_prf(cm)
     assert prf["precision"][1] == 0.0 and prf["f1"][1] == 0.0
     assert math.isnan(metrics.class_recall(np.array([0, 0]), np.array([0, 0]), 1))  # class 1 absent
-    assert metrics.indeterminate_recall(np.array([1, 1, 0, 1]), np.array([1, 0, 0, 1])) == pytest.approx(
-        2 / 3
-    )
+    assert metrics.indeterminate_recall(np.array([1, 1, 0, 1]), np.array([1, 0, 0, 1])) == pytest.approx(2 / 3)
 
 
 def test_auc_rank_statistic() -> None:
@@ -65,9 +63,7 @@ def test_auc_matches_pairwise_count_and_roc_area() -> None:
     s = rng.integers(0, 6, 200) / 5.0  # many ties
     y = rng.random(200) < 0.3 + 0.4 * s
     pos, neg = s[y], s[~y]
-    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
-        pos.size * neg.size
-    )
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
     auc = metrics.binary_auc(s, y)
     assert auc == pytest.approx(brute)
     fpr, tpr = metrics.roc_curve(s, y)

@@ -10,8 +10,9 @@ import torch
 
 from cds_daemon.analysis.engine import class_activation_maps, open_session, synthetic_field
 from cds_daemon.analysis.tiles import make_views
-from model_build.export import PARITY_TOLERANCE, export_graphs, parity
+from model_build.export import PARITY_TOLERANCE, parity
 from model_build.models import BackboneOutputs, PremiumAggregator, create_backbone
+from model_build.onnx_graphs import export_graphs
 
 torch.set_num_threads(2)
 

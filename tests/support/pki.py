@@ -32,10 +32,24 @@ class CertificateAuthority:
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / f"{name}.crt", directory / f"{name}.key"
         _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         )
         return cls(cert, key)
 
@@ -53,13 +67,35 @@ class CertificateAuthority:
             lines.append("subjectAltName=IP:127.0.0.1,DNS:localhost")
         ext.write_text("\n".join(lines) + "\n")
         _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-sha256",
-            "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={name}",
         )
         _openssl(
-            "x509", "-req", "-sha256", "-days", "2", "-in", str(csr),
-            "-CA", str(self.cert), "-CAkey", str(self.key), "-CAcreateserial",
-            "-extfile", str(ext), "-out", str(cert),
+            "x509",
+            "-req",
+            "-sha256",
+            "-days",
+            "2",
+            "-in",
+            str(csr),
+            "-CA",
+            str(self.cert),
+            "-CAkey",
+            str(self.key),
+            "-CAcreateserial",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(cert),
         )
         return Issued(cert, key)
 

@@ -67,6 +67,7 @@ class DaemonProcess:
     )
     destinations: list[tuple[str, str, int]] = field(default_factory=list)
     listener_tls: dict[str, Any] | None = None
+    listener_options: dict[str, Any] = field(default_factory=dict)
     destination_tls: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle: Path | None = None
@@ -100,6 +101,7 @@ class DaemonProcess:
             'bind_address = "127.0.0.1"',
             f"port = {self.port}",
             "stop_grace_s = 5",
+            *_toml_pairs(self.listener_options),
         ]
         if self.listener_tls is not None:
             lines += ["[listener.tls]", *_toml_pairs(self.listener_tls)]

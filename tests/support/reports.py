@@ -39,9 +39,9 @@ def field_pixels(label: str = "malignant", seed: int = 1) -> np.ndarray:
         from dicom_fixtures.synth import make_field
     except ImportError:
         yy, xx = np.mgrid[0:768, 0:1024]
-        return np.stack(
-            [128 + 100 * np.sin(xx / 40), 128 + 100 * np.cos(yy / 30), 180 + 0 * xx], axis=2
-        ).astype(np.uint8)
+        return np.stack([128 + 100 * np.sin(xx / 40), 128 + 100 * np.cos(yy / 30), 180 + 0 * xx], axis=2).astype(
+            np.uint8
+        )
     return make_field(label, seed=seed)
 
 

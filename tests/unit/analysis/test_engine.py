@@ -54,7 +54,7 @@ def test_manifest_schema(tiny: Path) -> None:
     assert m["preprocessing"] | {"input_size": 224, "grid": [3, 4], "resize": "bilinear"} == m["preprocessing"]
     assert set(m["temperatures"]) == {"basic", "premium", "ensemble"}
     assert m["conformal"]["alpha"] == 0.1 and len(m["conformal"]["quantiles"]) == 3
-    assert set(m["thresholds"]) == {"confidence", "mahalanobis", "energy"}
+    assert set(m["thresholds"]) == {"confidence", "mahalanobis", "energy", "stain"}
     for key in ("macro_f1", "ece_before", "ece_after", "indeterminate_recall", "referral_rate"):
         assert key in m["metrics"]
     assert len(m["dataset"]["labels_sha256"]) == 64
@@ -141,3 +141,15 @@ def test_daemon_side_never_imports_torch() -> None:
     modules = "cds_daemon.analysis.engine, cds_daemon.analysis.bundle, cds_daemon.analysis.tiles"
     code = f"import sys, {modules}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_chunked_backbone_gives_the_same_prediction(tiny: Path, engine: Engine, field: np.ndarray) -> None:
+    """Running the backbone 4 views at a time (to bound ORT's arena) changes no number."""
+    whole = Engine(tiny, threads=2, chunk=13).predict(field)
+    chunked = engine.predict(field)
+    assert engine.chunk == 4
+    for name in chunked.probs:
+        assert abs(chunked.probs[name] - whole.probs[name]) < 1e-5
+    np.testing.assert_allclose(chunked.cam, whole.cam, atol=1e-4)
+    assert (chunked.label, chunked.reasons) == (whole.label, whole.reasons)
+    assert abs(chunked.mahalanobis - whole.mahalanobis) < 1e-3

@@ -158,9 +158,7 @@ def _example_cam(pixels: np.ndarray) -> np.ndarray:
 def test_writes_docs_example_png() -> None:
     """docs/heatmap_example.png: the SC picture for a synthetic malignant field (rewritten only on change)."""
     pixels = field_pixels("malignant", seed=1)
-    result = AIResult(
-        **{**make_result(probabilities=(0.04, 0.09, 0.87)).__dict__, "cam": _example_cam(pixels)}
-    )
+    result = AIResult(**{**make_result(probabilities=(0.04, 0.09, 0.87)).__dict__, "cam": _example_cam(pixels)})
     picture = render_heatmap(pixels, result)
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG", optimize=True)

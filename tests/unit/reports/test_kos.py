@@ -23,9 +23,7 @@ def outputs(source: Dataset) -> tuple[Dataset, Dataset]:
 
 def referenced_uids(kos: Dataset) -> list[str]:
     items = find_content_items(kos, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    return [
-        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if "ReferencedSOPSequence" in i
-    ]
+    return [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if "ReferencedSOPSequence" in i]
 
 
 @pytest.mark.parametrize("kind", sorted(SOURCES))

@@ -278,12 +278,8 @@ def test_review_sr_sequence_and_plain_name(source: Dataset, ai_sr: Dataset) -> N
     assert review(source, ai_sr).SOPInstanceUID == first.SOPInstanceUID
 
 
-def test_review_sr_for_a_result_rebuilt_without_ai_class(
-    source: Dataset, ai_sr: Dataset, tmp_path: Path
-) -> None:
-    rebuilt = AIResult(
-        **{**make_result().__dict__, "predicted": "", "probabilities": (0.0, 0.0, 0.0), "cam": None}
-    )
+def test_review_sr_for_a_result_rebuilt_without_ai_class(source: Dataset, ai_sr: Dataset, tmp_path: Path) -> None:
+    rebuilt = AIResult(**{**make_result().__dict__, "predicted": "", "probabilities": (0.0, 0.0, 0.0), "cam": None})
     group = group_of(review(source, ai_sr, rebuilt, decision="non_diagnostic", final_class=None), tmp_path)
     assert evaluations(group, codes.AI_CATEGORY) == []
     with pytest.raises(ValueError, match="no AI class"):

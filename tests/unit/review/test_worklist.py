@@ -65,14 +65,23 @@ def test_users_need_a_valid_name_role_and_long_password(tmp_path: Path) -> None:
     store.close()
 
 
-def test_login_throttle_locks_after_the_limit() -> None:
-    throttle = LoginThrottle(limit=2)
-    throttle.failed("a")
-    assert not throttle.locked("a")
-    throttle.failed("a")
-    assert throttle.locked("a") and not throttle.locked("b")
-    throttle.succeeded("a")
-    assert not throttle.locked("a")
+def test_login_throttle_backs_off_per_address_and_name_and_forgets() -> None:
+    throttle = LoginThrottle(2, address_free=4, base_s=10.0, max_s=60.0, capacity=8)
+    throttle.failed("10.0.0.1", "dr.a")
+    assert throttle.wait_s("10.0.0.1", "dr.a") == 0.0  # within the free attempts
+    throttle.failed("10.0.0.1", "dr.a")
+    assert 9.0 < throttle.wait_s("10.0.0.1", "dr.a") <= 10.0  # base_s * 2**0
+    throttle.failed("10.0.0.1", "dr.a")
+    assert 19.0 < throttle.wait_s("10.0.0.1", "dr.a") <= 20.0  # doubles
+    assert throttle.wait_s("10.0.0.2", "dr.a") == 0.0  # someone else's failures never delay the user elsewhere
+    assert throttle.wait_s("10.0.0.1", "dr.b") == 0.0  # another name from the address: not yet sprayed
+    throttle.failed("10.0.0.1", "dr.c")
+    assert throttle.wait_s("10.0.0.1", "dr.b") > 0.0  # 4 failures from the address: the whole address waits
+    throttle.succeeded("10.0.0.1", "dr.a")
+    assert throttle.wait_s("10.0.0.2", "dr.a") == 0.0
+    for i in range(100):  # any number of made-up names: the counters stay bounded
+        throttle.failed(f"10.1.{i}.1", f"name{i}")
+    assert len(throttle._failures) <= 8
 
 
 def test_rebuilt_result_matches_what_the_worker_made(
