@@ -1,80 +1,125 @@
-"""Inference figures for a model bundle on ONNX Runtime (CPU).
+"""Inference figures for a model bundle on ONNX Runtime (CPU), the daemon's path against the one-batch baseline.
 
-    .venv/bin/python bench/bench_model.py [BUNDLE] [--threads 2] [--repeat 30]
+    .venv/bin/python bench/bench_model.py [BUNDLE] [--threads 1 2] [--repeat 40] [--chunks 2 3 4] [--scaling]
 
-Prints: views build ms (1024 x 768 field -> 13 normalised views), Basic img/s (backbone on view 0
-only), Premium cases/s (backbone on the 13 views + aggregator), full ``Engine.predict`` cases/s, and
-CAM ms (stitched tile CAM + whole-image CAM from the feature map). Without BUNDLE a tiny bundle is built
-first (speed does not depend on how well the weights are trained).
+For each ONNX Runtime thread count: ``Engine.predict`` (views to CAM) on a 1024x768 field for the
+baseline (13 views in one backbone run, Mahalanobis recomputed per call, numpy's BLAS pool as numpy
+starts it) and for the daemon's path at each chunk size (precomputed Mahalanobis, one BLAS thread),
+taking turns call by call so that both see the same machine; medians, cases/s and the ratio to the
+baseline; and whether the outputs agree. ``--scaling``: model-only cases/s in 1 and in 2 processes at
+once (one ORT thread each), with numpy's BLAS pool limited to one thread and not.
+Without BUNDLE a tiny bundle is built first (speed does not depend on how well the weights are trained).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.synchronize
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cds_daemon.analysis.engine import Engine, class_activation_maps, stitch_tiles, synthetic_field, unit_scale
+from bench.variants import blas, engine
+from cds_daemon.analysis.engine import Engine, synthetic_field
 from cds_daemon.analysis.tiles import make_views
 
 
-def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _turns(engines: dict[str, Engine], rgb: np.ndarray, repeat: int) -> dict[str, float]:
+    """Median ms of ``predict`` per engine, calling them in turn."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(repeat + 3):
+        for name, e in engines.items():
+            with blas("baseline" if name == "baseline" else "daemon"):
+                t0 = time.perf_counter()
+                e.predict(rgb)
+                if i >= 3:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _agreement(engines: dict[str, Engine], fields: list[np.ndarray]) -> str:
+    base = engines["baseline"]
+    worst, same = 0.0, True
+    for rgb in fields:
+        ref = base.predict(rgb)
+        for e in engines.values():
+            got = e.predict(rgb)
+            same &= (got.label, got.reasons, got.conformal_set) == (ref.label, ref.reasons, ref.conformal_set)
+            worst = max(worst, *(abs(got.probs[k] - ref.probs[k]) for k in ref.probs))
+    return f"{len(fields)} fields: labels, reasons, sets {'identical' if same else 'DIFFER'}; max |dp| {worst:.1e}"
+
+
+def _model_process(bundle: Path, n: int, start: multiprocessing.synchronize.Barrier) -> float:
+    e = Engine(bundle, threads=1)
+    rgb = synthetic_field(768, 1024)
+    e.predict(rgb)
+    start.wait()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        e.predict(rgb)
+    return n / (time.perf_counter() - t0)
+
+
+def scaling(bundle: Path, n: int) -> None:
+    """1 vs 2 model processes at once, numpy's BLAS limited and not: does a second core add throughput?"""
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    for label, threads in (("BLAS 1 thread", "1"), (f"BLAS {os.cpu_count()} threads (numpy's default)", None)):
+        os.environ["OPENBLAS_NUM_THREADS"] = threads or str(os.cpu_count())
+        rates = {}
+        for procs in (1, 2):
+            barrier = ctx.Manager().Barrier(procs)
+            with ctx.Pool(procs) as pool:
+                rates[procs] = pool.starmap(_model_process, [(bundle, n, barrier)] * procs)
+        one, two = rates[1][0], sum(rates[2])
+        print(
+            f"  {label:<32} 1 process {one:6.2f} cases/s; 2 processes "
+            f"{' + '.join(f'{r:.2f}' for r in rates[2])} = {two:6.2f} cases/s ({two / one:.2f}x)"
+        )
+    if saved is None:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+    else:
+        os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", nargs="?", type=Path, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--scaling", action="store_true", help="1 vs 2 processes, BLAS limited and not")
     args = ap.parse_args()
     if args.bundle is None:
         from model_build.demo import make_tiny_bundle
 
         args.bundle = make_tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-bundle-")) / "tiny")
-    engine = Engine(args.bundle, threads=args.threads)
-    m = engine.manifest
     rgb = synthetic_field(768, 1024)
-    views = make_views(rgb)
-
-    views_ms = _median_ms(lambda: make_views(rgb), args.repeat)
-    basic_ms = _median_ms(lambda: engine.run_backbone(views[:1]), args.repeat)
-
-    def premium() -> None:
-        engine.run_aggregator(engine.run_backbone(views)[1])
-
-    premium_ms = _median_ms(premium, max(5, args.repeat // 3))
-    predict_ms = _median_ms(lambda: engine.predict(rgb), max(5, args.repeat // 3))
-    fmap = engine.run_backbone(views)[2]
-    w = engine.bundle.cam_weight[0].astype(np.float32)
-
-    def cam() -> None:
-        cams = class_activation_maps(fmap, w)
-        unit_scale(stitch_tiles(cams[1:], m.grid))
-        unit_scale(cams[0])
-
-    cam_ms = _median_ms(cam, args.repeat)
-    print(f"bundle {args.bundle} ({m.name} {m.version}), ONNX Runtime CPU, {args.threads} threads, medians")
-    print(f"views build (1024x768 -> 13x3x224x224): {views_ms:7.2f} ms")
-    print(f"Basic (view 0 only):                     {basic_ms:7.2f} ms  = {1e3 / basic_ms:6.1f} img/s")
-    print(f"Premium (13 views + aggregator):         {premium_ms:7.2f} ms  = {1e3 / premium_ms:6.2f} cases/s")
-    print(f"Engine.predict (views..CAM, all):        {predict_ms:7.2f} ms  = {1e3 / predict_ms:6.2f} cases/s")
-    print(f"CAM (stitched 21x28 + whole 7x7):        {cam_ms:7.3f} ms")
+    fields = [np.roll(rgb, 97 * i, axis=1) for i in range(6)]
+    print(f"bundle {args.bundle}, ONNX Runtime CPU, {os.cpu_count()} CPUs, medians of {args.repeat} turns")
+    t0 = time.perf_counter()
+    make_views(rgb)
+    print(f"views build (1024x768 -> 13x3x224x224): {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    for threads in args.threads:
+        engines = {"baseline": engine(args.bundle, threads, "baseline")}
+        engines |= {f"daemon, chunks of {c}": engine(args.bundle, threads, "daemon", c) for c in args.chunks}
+        ms = _turns(engines, rgb, args.repeat)
+        print(f"[{threads} ONNX Runtime thread(s)] Engine.predict, views to CAM")
+        for name, value in ms.items():
+            ratio = ms["baseline"] / value
+            print(f"  {name:<20} {value:7.1f} ms = {1e3 / value:6.2f} cases/s  ({ratio:.2f}x baseline)")
+        print("  " + _agreement(engines, fields))
+    if args.scaling:
+        print("scaling (model only, 1 ORT thread per process):")
+        scaling(args.bundle, max(10, args.repeat // 2))
     return 0
 
 

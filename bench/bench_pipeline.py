@@ -7,8 +7,8 @@
    from ``received`` rows to ``reported`` with durable SR/SC/KOS and outbox rows, cases/s, and its
    ratio to (1) measured in the same run (before and after); plus the same steps in one thread.
    Run for each ONNX Runtime thread count in ``--threads`` (default 1 and 2).
-   Then how model-only throughput scales to two processes at once: whatever runs beside the
-   model (decode, reports) can only be hidden as far as a second core really adds throughput.
+   Each for the one-batch baseline and the daemon's path (bench/variants.py), in the same run;
+   ``bench_model.py --scaling`` shows how a second core scales model work.
 3. End to end at idle: storescu sends one image at a time to a daemon process; time until its SR
    is in Orthanc (p50/p95).
 Not part of the test suite: prints figures.
@@ -17,8 +17,6 @@ Not part of the test suite: prints figures.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import multiprocessing.synchronize
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom
 
+from bench.variants import VARIANTS, blas, engine
 from cds_daemon.analysis.decode import decode
 from cds_daemon.analysis.engine import Engine
 from cds_daemon.analysis.pipeline import process_image
@@ -101,50 +100,27 @@ def worker_path(engine: Engine, bundle: Path, files: list[Path], root: Path, thr
 
 
 def throughput(bundle: Path, files: list[Path], root: Path, threads: int) -> None:
-    engine = Engine(bundle, threads=threads)
-    settings = load_settings(None, model_bundle=bundle, worker_threads=threads)
-    serial_rate = len(files) / _timed(lambda: [process_image(f, engine, settings) for f in files])
-    model_rate = model_only(engine, files)
-    worker_rate, stages = worker_path(engine, bundle, files, root / f"t{threads}", threads)
-    model_rate_after = model_only(engine, files)
-    base = (model_rate + model_rate_after) / 2
+    """Model-only and worker cases/s for the one-batch baseline and the daemon's path, in the same run."""
     print(f"[{threads} ONNX Runtime thread(s)]")
-    print(
-        f"  model only (13 views + aggregator + CAM):      {base:.2f} cases/s "
-        f"(before {model_rate:.2f}, after {model_rate_after:.2f})"
-    )
-    print(
-        f"  worker (decode -> durable SR/SC/KOS -> outbox): {worker_rate:.2f} cases/s "
-        f"({worker_rate / base:.0%} of model-only)"
-    )
-    print(f"  same steps in one thread (replay path):        {serial_rate:.2f} cases/s ({serial_rate / base:.0%})")
-    print("  median ms per case: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
-
-
-def _model_only_process(bundle: Path, files: list[Path], start: multiprocessing.synchronize.Barrier) -> float:
-    engine = Engine(bundle, threads=1)
-    images = [decode(f).rgb for f in files]
-    engine.predict(images[0])
-    start.wait()
-    t0 = time.perf_counter()
-    for rgb in images:
-        engine.predict(rgb)
-    return len(images) / (time.perf_counter() - t0)
-
-
-def core_scaling(bundle: Path, files: list[Path]) -> None:
-    """What a second core adds to model work here: the ceiling for any work beside the model."""
-    ctx = multiprocessing.get_context("spawn")
-    rates = {}
-    for n in (1, 2):
-        barrier = ctx.Manager().Barrier(n)
-        with ctx.Pool(n) as pool:
-            rates[n] = pool.starmap(_model_only_process, [(bundle, files, barrier)] * n)
-    one, two = rates[1][0], sum(rates[2])
-    print(
-        f"core scaling: model-only in 1 process {one:.2f} cases/s; in 2 processes at once "
-        f"{' + '.join(f'{r:.2f}' for r in rates[2])} = {two:.2f} cases/s ({two / one:.2f}x)"
-    )
+    rates: dict[str, float] = {}
+    for variant in VARIANTS:
+        with blas(variant):
+            e = engine(bundle, threads, variant)
+            model_rate = model_only(e, files)
+            worker_rate, stages = worker_path(e, bundle, files, root / f"t{threads}-{variant}", threads)
+            model_rate_after = model_only(e, files)
+        base = (model_rate + model_rate_after) / 2
+        rates[variant] = worker_rate
+        print(
+            f"  {variant:<8} model only {base:5.2f} cases/s (before {model_rate:.2f}, after {model_rate_after:.2f});"
+            f" worker {worker_rate:5.2f} cases/s = {worker_rate / base:.0%} of model-only"
+        )
+        print("           median ms per case: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
+    print(f"  worker, daemon path / baseline: {rates['daemon'] / rates['baseline']:.2f}x")
+    settings = load_settings(None, model_bundle=bundle, worker_threads=threads)
+    e = engine(bundle, threads, "daemon")
+    serial_rate = len(files) / _timed(lambda: [process_image(f, e, settings) for f in files])
+    print(f"  same steps in one thread (replay path): {serial_rate:.2f} cases/s")
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -193,7 +169,6 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--latency-n", type=int, default=20)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="ONNX Runtime intra-op threads to try")
-    ap.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the two-process check")
     args = ap.parse_args()
     configure_logging("warning", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,8 +176,6 @@ def main() -> None:
         files = _inputs(root, max(args.n, args.latency_n))
         for threads in args.threads:
             throughput(args.bundle, files[: args.n], root, threads)
-        if args.scaling:
-            core_scaling(args.bundle, files[: args.n])
         if args.latency_n:
             latency(args.bundle.resolve(), files[: args.latency_n], root)
 

@@ -19,6 +19,7 @@ from cds_daemon.ops.health import HealthServer
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import AUDIT_UPPER_BOUND, MONITOR_ALERT, REGISTRY, StoreCollector
 from cds_daemon.ops.systemd import notify
+from cds_daemon.ops.threads import blas_threads, limit_blas_threads
 from cds_daemon.store import Store
 from cds_daemon.store.spool import Spool
 
@@ -90,6 +91,7 @@ class Service:
         from cds_daemon.common.manifest import BundleError
         from cds_daemon.egress.sender import Egress
 
+        limit_blas_threads()
         recover(self.store, self.spool)
         s = self.settings
         self.egress = Egress(self.store, s.destinations, s.egress, calling_ae=s.listener.ae_title)
@@ -108,7 +110,7 @@ class Service:
             from cds_daemon.analysis.worker import Worker
 
             try:
-                engine = Engine(s.model_bundle, threads=s.worker_threads)
+                engine = Engine(s.model_bundle, threads=s.worker_threads, chunk=s.backbone_chunk)
             except (BundleError, OSError) as exc:
                 raise StartupError(f"model bundle {s.model_bundle}: {exc}") from exc
             log.info("model_loaded", name=engine.manifest.name, version=engine.manifest.version)
@@ -296,7 +298,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         service.stop()
         return 3
     notify("READY=1")
-    log.info("ready", counts=service.store.counts_by_state())
+    log.info("ready", counts=service.store.counts_by_state(), blas_threads=blas_threads())
     try:
         stop.wait()
     finally:

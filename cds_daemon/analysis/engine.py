@@ -33,9 +33,9 @@ import onnxruntime as ort
 
 from cds_daemon.analysis.bundle import Bundle, load_bundle
 from cds_daemon.analysis.numeric import (
+    MahalanobisTerms,
     energy_score,
     ensemble_logits,
-    mahalanobis_score,
     prediction_sets,
     softmax,
 )
@@ -165,6 +165,7 @@ class Engine:
         self.identity = bundle_identity(self.bundle.directory)  # what results and the review page name it by
         self._rules: dict[tuple[float | None, float | None], FinalisationRule | None] = {}
         self._weight = self.bundle.cam_weight.astype(np.float32)
+        self._maha = MahalanobisTerms.of(self.bundle.class_means, self.bundle.precision)
         self._quantiles = np.asarray(m.quantiles, dtype=np.float64)
         self.self_check()
 
@@ -259,7 +260,7 @@ class Engine:
         )
         cls = int(probs.argmax())
         in_set = prediction_sets(probs, self._quantiles)
-        maha = float(mahalanobis_score(pooled[0], self.bundle.class_means, self.bundle.precision))
+        maha = self._maha.score(pooled[0])
         stain, stain_ood = self._stain(rgb)
         energy = float(energy_score(basic))
         cams = class_activation_maps(fmap, self._weight[cls])

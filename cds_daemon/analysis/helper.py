@@ -35,6 +35,7 @@ from cds_daemon.analysis.quality import QualityResult
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import configure_logging, get_logger
 from cds_daemon.ops.metrics import HELPER_RESTARTS
+from cds_daemon.ops.threads import blas_threads, limit_blas_threads
 from cds_daemon.reports.files import write_objects
 from cds_daemon.reports.result import AIResult
 from cds_daemon.store import OutputObject
@@ -67,6 +68,7 @@ def _init(settings: Settings, parent: int) -> None:
     with contextlib.suppress(OSError):  # batch work: the listener's threads in the parent answer first
         os.nice(5)
     configure_logging(settings.log_level)
+    limit_blas_threads()
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _STATE["settings"] = settings
     _STATE["results"] = Spool(settings.storage.results_dir)
@@ -80,8 +82,8 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _ready() -> int:
-    return multiprocessing.current_process().pid or 0
+def _ready() -> tuple[int, dict[str, int]]:
+    return multiprocessing.current_process().pid or 0, blas_threads()
 
 
 def _prepare(uid: str, path: str) -> PreparedPixels:
@@ -118,8 +120,8 @@ class Offload:
         """Start the child and wait until it has imported everything (so a broken install fails at start)."""
         with self._lock:
             self._pool = self._new_pool()
-            pid = self._pool.submit(_ready).result(timeout=120)
-        log.info("offload_started", pid=pid)
+            pid, blas = self._pool.submit(_ready).result(timeout=120)
+        log.info("offload_started", pid=pid, blas_threads=blas)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

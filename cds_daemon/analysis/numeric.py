@@ -13,6 +13,7 @@ numpy only: the daemon imports this.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,6 +58,31 @@ def mahalanobis_score(features: np.ndarray, class_means: np.ndarray, precision: 
     diff = x[..., None, :] - class_means  # (..., K, D)
     d2 = ((diff @ precision) * diff).sum(axis=-1)
     return np.asarray(d2.min(axis=-1))
+
+
+@dataclass(frozen=True)
+class MahalanobisTerms:
+    """What :func:`mahalanobis_score` recomputes per call, computed once at load.
+
+    (x - mu)^T P (x - mu) = x^T P x - 2 (mu^T P) x + mu^T P mu, with P symmetric: per field one
+    matrix-vector product (0.17 ms) instead of K of them on the differences (1.5 ms).
+    """
+
+    precision: np.ndarray  # (D, D)
+    mu_p: np.ndarray  # (K, D) = class_means @ precision
+    c: np.ndarray  # (K,) = mu_k^T P mu_k
+
+    @classmethod
+    def of(cls, class_means: np.ndarray, precision: np.ndarray) -> MahalanobisTerms:
+        mu = np.asarray(class_means, dtype=np.float64)
+        p = np.asarray(precision, dtype=np.float64)
+        mu_p = mu @ p
+        return cls(precision=p, mu_p=mu_p, c=np.einsum("kd,kd->k", mu_p, mu))
+
+    def score(self, features: np.ndarray) -> float:
+        """Min over classes of the squared Mahalanobis distance of one (D,) feature vector."""
+        x = np.asarray(features, dtype=np.float64)
+        return float((x @ (self.precision @ x) - 2.0 * (self.mu_p @ x) + self.c).min())
 
 
 def conformal_scores(probs: np.ndarray) -> np.ndarray:

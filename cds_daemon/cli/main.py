@@ -200,7 +200,7 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         print("cds-daemon: replay needs a model bundle (--bundle or model_bundle in the config)", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        engine = Engine(bundle, threads=settings.worker_threads)
+        engine = Engine(bundle, threads=settings.worker_threads, chunk=settings.backbone_chunk)
     except (BundleError, OSError) as exc:
         print(f"cds-daemon: model bundle {bundle}: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED

@@ -326,6 +326,9 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         1, ge=1, le=64, description="ONNX Runtime intra-op threads (the worker's helper process takes one more core)"
     )
+    backbone_chunk: int = Field(
+        4, ge=1, le=64, description="views per backbone run: bounds ONNX Runtime's memory arena (bench_model.py)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

@@ -14,6 +14,8 @@ import pytest
 
 from cds_daemon.analysis.bundle import load_bundle
 from cds_daemon.analysis.engine import Engine
+from cds_daemon.analysis.numeric import mahalanobis_score
+from cds_daemon.analysis.tiles import make_views
 from cds_daemon.common.manifest import CLASSES, DISPLAY_NAMES, MANIFEST_NAME, BundleError, sha256_file
 from cds_daemon.common.vocabulary import ReferralReason
 from model_build.dataset import read_rgb
@@ -143,13 +145,26 @@ def test_daemon_side_never_imports_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_chunked_backbone_gives_the_same_prediction(tiny: Path, engine: Engine, field: np.ndarray) -> None:
-    """Running the backbone 4 views at a time (to bound ORT's arena) changes no number."""
-    whole = Engine(tiny, threads=2, chunk=13).predict(field)
-    chunked = engine.predict(field)
-    assert engine.chunk == 4
-    for name in chunked.probs:
-        assert abs(chunked.probs[name] - whole.probs[name]) < 1e-5
-    np.testing.assert_allclose(chunked.cam, whole.cam, atol=1e-4)
-    assert (chunked.label, chunked.reasons) == (whole.label, whole.reasons)
-    assert abs(chunked.mahalanobis - whole.mahalanobis) < 1e-3
+def test_fast_path_gives_the_one_batch_results(tiny: Path, engine: Engine) -> None:
+    """Backbone in chunks of 4 views and precomputed Mahalanobis terms: the same results as one batch of 13
+    views and the textbook distance, on fixture fields of every class."""
+    one_batch = Engine(tiny, threads=2, chunk=13)
+    fields = sorted((work_dir(tiny) / "data").glob("*/*.png"))[::2][:9]
+    assert len(fields) >= 6 and engine.chunk == 4
+    for path in fields:
+        rgb = read_rgb(path)
+        fast, slow = engine.predict(rgb), one_batch.predict(rgb)
+        assert (fast.label, fast.reasons, fast.conformal_set) == (slow.label, slow.reasons, slow.conformal_set)
+        assert (fast.mahalanobis_ood, fast.energy_ood, fast.low_confidence) == (
+            slow.mahalanobis_ood,
+            slow.energy_ood,
+            slow.low_confidence,
+        )
+        for name in fast.probs:
+            assert abs(fast.probs[name] - slow.probs[name]) < 1e-6, path
+        np.testing.assert_allclose(fast.cam, slow.cam, atol=1e-5)
+        views = make_views(rgb, input_size=224, grid=(3, 4), mean=one_batch.manifest.mean, std=one_batch.manifest.std)
+        _, pooled, _ = one_batch.run_backbone(views)
+        b = one_batch.bundle
+        textbook = float(mahalanobis_score(pooled[0], b.class_means, b.precision))
+        assert abs(fast.mahalanobis - textbook) <= 1e-9 * max(1.0, textbook)
