@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -12,15 +15,16 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from cds_daemon.common.clock import timestamp_in
+from cds_daemon.common.clock import timestamp, timestamp_in
 from cds_daemon.common.config import Settings
+from cds_daemon.common.version import software_version
 from cds_daemon.ingest.listener import Listener
 from cds_daemon.ops.health import HealthServer
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import AUDIT_UPPER_BOUND, MONITOR_ALERT, REGISTRY, StoreCollector
 from cds_daemon.ops.systemd import notify
 from cds_daemon.ops.threads import blas_threads, limit_blas_threads
-from cds_daemon.store import Store
+from cds_daemon.store import Store, StoreUnavailable
 from cds_daemon.store.spool import Spool
 
 if TYPE_CHECKING:  # imported when started: a service without a model bundle never loads ONNX Runtime
@@ -42,25 +46,29 @@ def open_storage(settings: Settings) -> tuple[Store, Spool]:
     storage.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(storage.database)
     spool = Spool(
-        storage.spool_dir, min_free_bytes=storage.min_free_mb * 2**20, max_used_ratio=storage.max_used_percent / 100
+        storage.spool_dir,
+        min_free_bytes=storage.min_free_mb * 2**20,
+        max_used_ratio=storage.max_used_percent / 100,
+        node=settings.spool_node,
     )
     return store, spool
 
 
-def recover(store: Store, spool: Spool) -> dict[str, int]:
+def recover(store: Store, spool: Spool, node: str = "local", *, shared: bool = False) -> dict[str, int]:
     """Bring disk and database back to agreement after a crash.
 
     Partial files and complete files without a row were never acknowledged (the row is
     committed before the Success response): the sender still holds them and will resend.
     Partial files are removed; complete ones are moved aside, not deleted, in case the
     database rather than the file is what was lost. Instances caught mid-processing go back
-    to the queue.
+    to the queue. ``shared``: other nodes use the same spool and store; only this node's partial files
+    and claims are its to clean up, and a file is an orphan only once it is an hour old.
     """
     partial = spool.clean_incoming()
-    orphans = spool.unreferenced(store.known_spool_paths())
+    orphans = spool.unreferenced(store.known_spool_paths(), min_age_s=3600.0 if shared else 0.0)
     for path in orphans:
         spool.quarantine(path)
-    requeued = store.requeue_interrupted(actor="cds-daemon")
+    requeued = store.requeue_interrupted(actor="cds-daemon", node=node)
     summary = {
         "partial_files_removed": partial,
         "unreferenced_files_moved": len(orphans),
@@ -85,16 +93,28 @@ class Service:
         self.web_problem: str | None = None
         self.monitoring: Monitoring | None = None
         self._last_watchdog = 0.0
-        self._collector = StoreCollector(self.store, settings.storage.data_dir)
+        self._started = timestamp()
+        self._collector = StoreCollector(self.store, settings.storage.data_dir, settings.node_id)
 
     def start(self) -> None:
         from cds_daemon.common.manifest import BundleError
         from cds_daemon.egress.sender import Egress
 
         limit_blas_threads()
-        recover(self.store, self.spool)
         s = self.settings
-        self.egress = Egress(self.store, s.destinations, s.egress, calling_ae=s.listener.ae_title)
+        recover(self.store, self.spool, s.node_id, shared=s.storage.database_url is not None)
+        self._heartbeat()
+        self.scheduler.add_job(
+            self._heartbeat, "interval", seconds=s.cluster.heartbeat_s, id="heartbeat", max_instances=1, coalesce=True
+        )
+        self.egress = Egress(
+            self.store,
+            s.destinations,
+            s.egress,
+            calling_ae=s.listener.ae_title,
+            node=s.node_id,
+            lease_s=max(s.cluster.lease_s, 2 * s.egress.timeout_s),
+        )
         self.scheduler.add_job(
             self.egress.run_once,
             "interval",
@@ -120,7 +140,14 @@ class Service:
         if self.worker is None:
             self.scheduler.add_job(self.watchdog, "interval", seconds=5, id="watchdog")
         if s.storage.retention_days is not None:
-            self.scheduler.add_job(self.retention, "interval", hours=1, id="retention", next_run_time=datetime.now(UTC))
+            self.scheduler.add_job(
+                self._once,
+                "interval",
+                args=("retention", 3600, self.retention),
+                hours=1,
+                id="retention",
+                next_run_time=datetime.now(UTC),
+            )
         self.scheduler.start()
         if s.health.enabled:
             REGISTRY.register(self._collector)
@@ -145,9 +172,15 @@ class Service:
 
         w = self.settings.worklist
         self.scheduler.add_job(
-            escalate_overdue,
+            self._once,
             "interval",
-            args=(self.store, w.escalate_after_hours),
+            args=(
+                "worklist-escalation",
+                w.escalation_check_minutes * 60,
+                escalate_overdue,
+                self.store,
+                w.escalate_after_hours,
+            ),
             minutes=w.escalation_check_minutes,
             id="worklist-escalation",
             next_run_time=datetime.now(UTC),
@@ -155,7 +188,12 @@ class Service:
             coalesce=True,
         )
         self.scheduler.add_job(
-            log_daily_summary, "cron", args=(self.store,), hour=w.summary_hour_utc, id="worklist-summary", coalesce=True
+            self._once,
+            "cron",
+            args=("worklist-summary", 86400, log_daily_summary, self.store),
+            hour=w.summary_hour_utc,
+            id="worklist-summary",
+            coalesce=True,
         )
         self.scheduler.add_job(
             self.monitor,
@@ -166,6 +204,33 @@ class Service:
             max_instances=1,
             coalesce=True,
         )
+
+    def _once(self, name: str, every_s: float, job: Callable[..., object], *args: object) -> bool:
+        """Run a job on one node of the cluster per period (advisory lock and last run in the store)."""
+        try:
+            with self.store.cluster_job(name, every_s, self.settings.node_id) as mine:
+                if mine:
+                    log.info("cluster_job", name=name, node_id=self.settings.node_id)
+                    job(*args)
+                return mine
+        except StoreUnavailable:
+            log.warning("store_unavailable", stage=name)
+            return False
+
+    def _heartbeat(self) -> None:
+        """This node is alive: its row in ``nodes`` and the leases on the images it works on."""
+        try:
+            self.store.node_heartbeat(
+                self.settings.node_id,
+                socket.gethostname(),
+                os.getpid(),
+                f"{software_version()} (schema {self.store.schema_version})",
+                self._started,
+            )
+            if self.worker is not None:
+                self.worker.renew_claims()
+        except StoreUnavailable:
+            log.warning("store_unavailable", stage="heartbeat")
 
     def monitor(self) -> Monitoring:
         """The audit bound and drift checks; each failing check is logged, exported and shown on the web."""
@@ -237,6 +302,10 @@ class Service:
             problems.append("disk above the watermark: new images are refused (0xA700)")
         if self.web_problem:
             problems.append(self.web_problem)
+        unreachable = self.store.ping()
+        if unreachable is not None:
+            problems.append(f"the database does not answer ({unreachable}): new images are refused (0xA700)")
+            return problems
         dead = self.store.outbox_counts()["dead"]
         if dead:
             problems.append(f"{dead} result object(s) dead-lettered: see cds-daemon status")
@@ -290,7 +359,11 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
 
-    service = Service(settings)
+    try:
+        service = Service(settings)
+    except StoreUnavailable as exc:  # systemd restarts the unit; nothing was acknowledged meanwhile
+        log.error("startup_failed", reason=str(exc))
+        return 3
     try:
         service.start()
     except StartupError as exc:

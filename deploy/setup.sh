@@ -11,18 +11,20 @@ need_apt=()
 command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v curl >/dev/null || need_apt+=(curl)
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
   command -v gdcmconv >/dev/null || need_apt+=(libgdcm-tools)  # third-party test files
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)  # the tests start their own server
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # Debian starts a system Orthanc on 4242/8042; the demo and tests run their own.
+  # Debian starts a system Orthanc on 4242/8042 (and a PostgreSQL cluster); the demo and tests run their own.
   if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
     $SUDO systemctl disable --now orthanc || true
   fi

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from dicom_fixtures.identity import FAKE_NAME_PREFIX, FAKE_PATIENT_ID_RE
+from tests.support.postgres import PostgresServer
+from tests.support.postgres import available as postgres_available
 from tests.support.processes import DaemonProcess, OrthancProcess
 
 
@@ -54,3 +56,22 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_build.demo import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL 15 in a temporary directory on a loopback port, for the whole session."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL 15 is not installed (bash deploy/setup.sh installs postgresql-15)")
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store lives, once per backend: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite3"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

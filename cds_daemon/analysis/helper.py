@@ -71,7 +71,7 @@ def _init(settings: Settings, parent: int) -> None:
     limit_blas_threads()
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _STATE["settings"] = settings
-    _STATE["results"] = Spool(settings.storage.results_dir)
+    _STATE["results"] = Spool(settings.storage.results_dir, node=settings.spool_node)
     _STATE["images"] = {}
 
 

@@ -32,7 +32,7 @@ from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
 from cds_daemon.review.audit import sampled_for_audit
-from cds_daemon.store import Instance, OutputObject, Store
+from cds_daemon.store import Instance, LostClaim, OutputObject, Store, StoreUnavailable
 from cds_daemon.store.spool import Spool
 
 log = get_logger("worker")
@@ -77,7 +77,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.engine = engine
-        self.results = Spool(settings.storage.results_dir)  # "not analysed" SRs are written from here
+        self.results = Spool(settings.storage.results_dir, node=settings.spool_node)  # "not analysed" SRs
         self.on_reported = on_reported
         self.wake_event = threading.Event()
         self._stop = threading.Event()
@@ -85,6 +85,8 @@ class Worker:
         self._finished: queue.Queue[_InFlight | None] = queue.Queue(maxsize=LOOKAHEAD + 1)
         self.offload: Offload | None = None
         self.last_heartbeat = time.monotonic()
+        self._in_flight: set[str] = set()  # claimed, not yet recorded: the leases the heartbeat renews
+        self._in_flight_lock = threading.Lock()
 
     def start(self) -> None:
         self.offload = Offload(self.settings)
@@ -112,9 +114,18 @@ class Worker:
     def _claim_ahead(self, ahead: deque[tuple[Instance, float, Future[PreparedPixels]]]) -> None:
         assert self.offload is not None
         while len(ahead) < LOOKAHEAD and not self._stop.is_set():
-            instance = self.store.claim_next(actor="worker")
+            try:
+                instance = self.store.claim_next(
+                    actor="worker", node=self.settings.node_id, lease_s=self.settings.cluster.lease_s
+                )
+            except StoreUnavailable:  # the database is down: nothing is lost, try again in a moment
+                log.warning("store_unavailable", stage="claim")
+                self._stop.wait(1.0)
+                return
             if instance is None:
                 return
+            with self._in_flight_lock:
+                self._in_flight.add(instance.sop_instance_uid)
             ahead.append(
                 (instance, time.perf_counter(), self.offload.prepare(instance.sop_instance_uid, instance.spool_path))
             )
@@ -157,9 +168,11 @@ class Worker:
             report_future = self.offload.report(uid, path, inferred.result)
         except CancelledError:
             self._left_for_restart(uid)
+            self._done(uid)
             return
         except Exception as exc:  # one bad image must never stop the worker
             self._failed_with(uid, exc)
+            self._done(uid)
             return
         self._finished.put(_InFlight(instance, started, prepared.ms, inferred, report_future))
 
@@ -179,8 +192,26 @@ class Worker:
                 self._record(uid, item.inferred, made.outputs, {k: round(v, 1) for k, v in timings.items()})
             except CancelledError:
                 self._left_for_restart(uid)
+            except LostClaim:
+                self._claim_lost(uid)
             except Exception as exc:  # one bad image must never stop the worker
                 self._failed_with(uid, exc)
+            finally:
+                self._done(uid)
+
+    def _done(self, uid: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(uid)
+
+    def renew_claims(self) -> int:
+        """Renew the leases on the images in flight (the service's heartbeat calls this)."""
+        with self._in_flight_lock:
+            uids = list(self._in_flight)
+        return self.store.renew_leases(self.settings.node_id, self.settings.cluster.lease_s, uids)
+
+    def _claim_lost(self, uid: str) -> None:
+        """Our lease ran out and another node took this image over: it reports it (same objects, same UIDs)."""
+        log.warning("claim_lost", sop_instance_uid=uid)
 
     def _left_for_restart(self, uid: str) -> None:
         """A stop that ran out of time cancelled this image's job: it stays claimed and is redone at start."""
@@ -190,7 +221,9 @@ class Worker:
         destinations = [d.name for d in self.settings.destinations]
         record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
         audit = not inferred.triage.referred and sampled_for_audit(uid, self.settings.worklist.audit_fraction)
-        self.store.record_result(uid, record, outputs, destinations, actor="worker", audit=audit)
+        self.store.record_result(
+            uid, record, outputs, destinations, actor="worker", audit=audit, holder=self.settings.node_id
+        )
         pred = inferred.prediction
         INFERENCE_SECONDS.observe(inferred.ms / 1000)
         PIPELINE_SECONDS.observe(timings["total"] / 1000)
@@ -209,10 +242,19 @@ class Worker:
 
     def _failed_with(self, uid: str, exc: Exception) -> None:
         """The image ends as a visible "not analysed" case, never silently (and the worker goes on)."""
+        if isinstance(exc, LostClaim):
+            self._claim_lost(uid)
+            return
+        if isinstance(exc, StoreUnavailable):  # left claimed; the claim runs out and the image is analysed again
+            log.error("store_unavailable", stage="record", sop_instance_uid=uid)
+            return
         reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DecodeError):
             log.error("processing_failed", sop_instance_uid=uid, error_type=type(exc).__name__)
-        self._not_analysed(uid, reason[:500], "decode" if isinstance(exc, DecodeError) else type(exc).__name__)
+        try:
+            self._not_analysed(uid, reason[:500], "decode" if isinstance(exc, DecodeError) else type(exc).__name__)
+        except StoreUnavailable:
+            log.error("store_unavailable", stage="record", sop_instance_uid=uid)
 
     def _not_analysed(self, uid: str, reason: str, cause: str) -> None:
         """``reason`` (stored, shown to reviewers) may quote the image; ``cause`` (logged) never does."""
@@ -226,6 +268,15 @@ class Worker:
                 log.error("not_analysed_sr_failed", sop_instance_uid=uid, error_type=type(exc).__name__)
         record = not_analysed_record(result, {o.kind: o.object_uid for o in outputs})
         destinations = [d.name for d in self.settings.destinations]
-        self.store.record_failure(uid, reason, record, outputs, destinations, actor="worker")
+        try:
+            self.store.record_failure(
+                uid, reason, record, outputs, destinations, actor="worker", holder=self.settings.node_id
+            )
+        except LostClaim:
+            self._claim_lost(uid)
+            return
+        except StoreUnavailable:  # left claimed; the claim runs out and the image is analysed again
+            log.error("store_unavailable", stage="record", sop_instance_uid=uid)
+            return
         log.warning("instance_not_analysed", sop_instance_uid=uid, cause=cause, sr=bool(outputs))
         self.on_reported()

@@ -40,6 +40,7 @@ def _check_data_dir(path: Path) -> tuple[bool, str]:
 
 
 def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from cds_daemon.egress import dicomweb
     from cds_daemon.egress.peers import echo
 
     results: list[dict[str, object]] = [{"check": "config", "ok": True, "detail": "configuration is valid"}]
@@ -61,12 +62,16 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         except (BundleError, OSError) as exc:
             results.append({"check": "model_bundle", "ok": False, "detail": str(exc)})
     for dest in [] if args.offline else settings.destinations:
-        res = echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
+        res = (
+            dicomweb.check(dest, timeout_s=args.timeout)
+            if dest.kind == "dicomweb"
+            else echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
+        )
         results.append(
             {
                 "check": f"destination:{dest.name}",
                 "ok": res.ok,
-                "detail": f"{dest.ae_title}@{dest.host}:{dest.port}: {res.detail} ({res.ms} ms)",
+                "detail": f"{dest.address}: {res.detail} ({res.ms} ms)",
             }
         )
     passed = all(r["ok"] for r in results)
@@ -80,16 +85,23 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from cds_daemon.store import Store
+    from cds_daemon.store import Store, StoreUnavailable
+    from cds_daemon.store.database import redact
 
     db = settings.storage.database
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         print(f"no database at {db}: the daemon has not run with this data directory", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    store = Store(db)
     try:
+        store = Store(db)
+    except StoreUnavailable as exc:
+        print(f"cds-daemon: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    try:
+        claims = store.claims()
         report: dict[str, Any] = {
-            "database": str(db),
+            "database": redact(str(db)),
+            "nodes": [n | {"claims": claims.get(n["node_id"], {})} for n in store.nodes()],
             "schema_version": store.schema_version,
             "instances": store.counts_by_state(),
             "rejections": store.rejection_counts(),
@@ -116,6 +128,12 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"database: {report['database']} (schema {report['schema_version']})")
+        for n in report["nodes"]:
+            held = ", ".join(f"{k} {v}" for k, v in n["claims"].items()) or "nothing"
+            print(
+                f"node {n['node_id']} on {n['host']} (pid {n['pid']}, {n['version']}): "
+                f"last seen {n['last_seen']}, holds {held}"
+            )
         print("instances:")
         for state, n in report["instances"].items():
             print(f"  {state:<11} {n}")

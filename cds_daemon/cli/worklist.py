@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from cds_daemon.common.config import Settings
@@ -24,11 +25,17 @@ EXIT_FAILED = 1
 
 
 def _open_store(settings: Settings) -> Store | None:
+    from cds_daemon.store import StoreUnavailable
+
     db = settings.storage.database
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         print(f"no database at {db}: the daemon has not run with this data directory", file=sys.stderr)
         return None
-    return Store(db)
+    try:
+        return Store(db)
+    except StoreUnavailable as exc:
+        print(f"cds-daemon: {exc}", file=sys.stderr)
+        return None
 
 
 def _item_dict(store: Store, item: WorklistItem) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -153,18 +154,50 @@ class ListenerSettings(_Section):
 
 
 class Destination(_Section):
-    """A PACS (or other storage SCP) that receives our reports."""
+    """A PACS (or other archive) that receives our reports: by C-STORE (``kind = "dimse"``: AE title, host
+    and port) or by STOW-RS (``kind = "dicomweb"``: the DICOMweb base URL)."""
 
     name: str = Field(min_length=1)
-    ae_title: AETitle
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: AETitle | None = None
+    host: str | None = Field(None, min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = Field(None, description="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web")
+    username: str | None = Field(None, description="DICOMweb basic auth user (password in password_file)")
+    password_file: Path | None = Field(None, description="file holding the basic auth password")
+    token_file: Path | None = Field(None, description="file holding a bearer token (instead of basic auth)")
     tls: DestinationTLSSettings = Field(default_factory=DestinationTLSSettings)
     storage_commitment: bool = Field(
         False,
         description="ask for storage commitment after each batch; an object is delivered only once committed "
         "(the PACS must know our AE title, host and port to send its report)",
     )
+
+    @model_validator(mode="after")
+    def _addressed(self) -> Destination:
+        if self.kind == "dimse":
+            if self.ae_title is None or self.host is None or self.port is None:
+                raise ValueError(f"destination {self.name!r}: a DIMSE destination needs ae_title, host and port")
+        else:
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"destination {self.name!r}: a DICOMweb destination needs url = http(s)://...")
+            if self.storage_commitment:
+                raise ValueError(f"destination {self.name!r}: storage commitment is a DIMSE service")
+            if self.password_file is not None and self.username is None:
+                raise ValueError(f"destination {self.name!r}: password_file needs username")
+        return self
+
+    @property
+    def peer(self) -> tuple[str, str, int]:
+        """(AE title, host, port) of a DIMSE destination."""
+        if self.ae_title is None or self.host is None or self.port is None:
+            raise ValueError(f"destination {self.name!r} is not a DIMSE destination")
+        return self.ae_title, self.host, self.port
+
+    @property
+    def address(self) -> str:
+        """Where it is, for messages: ``AE@host:port`` or the URL."""
+        return self.url or "{}@{}:{}".format(*self.peer)
 
 
 class EgressSettings(_Section):
@@ -283,6 +316,11 @@ class StorageSettings(_Section):
     """Where received files and the database live."""
 
     data_dir: Path = Path("var/data")
+    database_url: str | None = Field(
+        None,
+        description="postgresql://user@host/db to share one store between nodes (docs/operations.md); "
+        "empty = SQLite in data_dir, one node",
+    )
     min_free_mb: int = Field(512, ge=0, description="below this free space new stores get 0xA700")
     max_used_percent: float = Field(95.0, gt=0, le=100, description="disk usage above this: new stores get 0xA700")
     retention_days: float | None = Field(
@@ -299,8 +337,28 @@ class StorageSettings(_Section):
         return self.data_dir / "results"
 
     @property
-    def database(self) -> Path:
-        return self.data_dir / "cds.sqlite3"
+    def database(self) -> Path | str:
+        """What the store opens: the PostgreSQL URL, else the SQLite file in ``data_dir``."""
+        return self.database_url or self.data_dir / "cds.sqlite3"
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
+        return v or None
+
+
+class ClusterSettings(_Section):
+    """Several nodes on one PostgreSQL store (``storage.database_url``) and one shared ``data_dir``."""
+
+    node_id: str | None = Field(
+        None, max_length=64, description="this node's name in the store (default: host name and DICOM port)"
+    )
+    lease_s: float = Field(
+        60.0, ge=5, description="a claim on work not renewed for this long is taken over by another node"
+    )
+    heartbeat_s: float = Field(10.0, gt=0, description="how often a node renews its claims and reports itself")
 
 
 class Settings(BaseSettings):
@@ -322,6 +380,7 @@ class Settings(BaseSettings):
     reports: ReportsSettings = Field(default_factory=ReportsSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(
         1, ge=1, le=64, description="ONNX Runtime intra-op threads (the worker's helper process takes one more core)"
@@ -330,6 +389,16 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="views per backbone run: bounds ONNX Runtime's memory arena (bench_model.py)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def node_id(self) -> str:
+        """This node's name in a shared store: ``cluster.node_id``, else host name and DICOM port."""
+        return self.cluster.node_id or f"{socket.gethostname()}:{self.listener.port}"
+
+    @property
+    def spool_node(self) -> str | None:
+        """With a shared store (and so a shared data_dir), files in progress go to this node's own folder."""
+        return self.node_id if self.storage.database_url else None
 
     @classmethod
     def settings_customise_sources(

@@ -178,6 +178,7 @@ class RefusalCode(StrEnum):
     CODESTREAM_UNREADABLE = "codestream_unreadable"
     CODESTREAM_MISMATCH = "codestream_mismatch"
     OUT_OF_RESOURCES = "out_of_resources"
+    DATABASE_UNAVAILABLE = "database_unavailable"  # 0xA700: nothing is acknowledged that is not committed
 
 
 #: Type 1 attributes every result object copies from its source: without them no SR, heatmap or KOS

@@ -43,11 +43,12 @@ def associate(
         else:
             ae.add_requested_context(abstract, transfer)
     tls = client_context(destination.tls)
+    called, host, port = destination.peer
     try:
         assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
+            host,
+            port,
+            ae_title=called,
             tls_args=(tls, None) if tls else None,  # type: ignore[arg-type]  # None: no host name check
             evt_handlers=handlers or None,
         )

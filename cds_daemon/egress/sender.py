@@ -35,7 +35,9 @@ from cds_daemon.egress.commitment import (
     parse_report,
     request_dataset,
 )
+from cds_daemon.egress.dicomweb import stow_batch
 from cds_daemon.egress.peers import associate
+from cds_daemon.egress.results import SendOutcome
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.store import OutboxItem, Store
 
@@ -43,13 +45,6 @@ log = get_logger("egress")
 
 #: Warning statuses mean "stored" (with coercion or element discrepancies).
 _WARNINGS = {0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    item_id: int
-    ok: bool
-    detail: str
 
 
 #: Called before the N-ACTION with (transaction UID, stored item ids) so a fast report finds them.
@@ -182,8 +177,18 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
 class Egress:
     """Drains the outbox. ``run_once`` is what the scheduler calls; ``wake`` asks for a run now."""
 
-    def __init__(self, store: Store, destinations: list[Destination], settings: EgressSettings, calling_ae: str):
+    def __init__(
+        self,
+        store: Store,
+        destinations: list[Destination],
+        settings: EgressSettings,
+        calling_ae: str,
+        *,
+        node: str = "local",
+        lease_s: float = 120.0,
+    ):
         self.store = store
+        self.node, self.lease_s = node, lease_s
         self.destinations = {d.name: d for d in destinations}
         self.settings = settings
         self.calling_ae = calling_ae
@@ -200,7 +205,7 @@ class Egress:
         try:
             self.wake_event.clear()
             delivered = 0
-            due = self.store.due_outbox(limit=self.settings.batch_size)
+            due = self.store.due_outbox(limit=self.settings.batch_size, node=self.node, lease_s=self.lease_s)
             by_dest: dict[str, list[OutboxItem]] = {}
             for item in due:
                 by_dest.setdefault(item.destination, []).append(item)
@@ -217,14 +222,18 @@ class Egress:
                 self.store.mark_dead(item.id, f"destination {name!r} is no longer configured", actor="egress")
             return 0
         started = time.perf_counter()
-        outcomes, request = send_batch(
-            dest,
-            items,
-            calling_ae=self.calling_ae,
-            timeout_s=self.settings.timeout_s,
-            before_commitment=self._before_commitment,
-            on_report=self.commitment_report,
-        )
+        request: CommitmentRequest | None = None
+        if dest.kind == "dicomweb":
+            outcomes = stow_batch(dest, items, timeout_s=self.settings.timeout_s)
+        else:
+            outcomes, request = send_batch(
+                dest,
+                items,
+                calling_ae=self.calling_ae,
+                timeout_s=self.settings.timeout_s,
+                before_commitment=self._before_commitment,
+                on_report=self.commitment_report,
+            )
         by_id = {i.id: i for i in items}
         delivered = 0
         for out in outcomes:

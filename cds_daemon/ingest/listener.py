@@ -39,7 +39,7 @@ from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
 from cds_daemon.ops.tls import describe_tls_error, handshake, peer_subject_cn, server_context
 from cds_daemon.review.cases import case_key
-from cds_daemon.store import NewInstance, Store
+from cds_daemon.store import NewInstance, Store, StoreUnavailable
 from cds_daemon.store.spool import DiskFullError, Spool
 
 SUCCESS = 0x0000
@@ -221,7 +221,8 @@ class Listener:
         REJECTED.labels(status="connection", code=code).inc()
         if reason:
             log.warning("connection_refused", peer=peer, code=code)
-            self.store.record_rejection(status=0, code=code, reason=reason, calling_ae=None, peer_address=peer)
+            with contextlib.suppress(StoreUnavailable):  # the refusal stands; its row is lost with the database
+                self.store.record_rejection(status=0, code=code, reason=reason, calling_ae=None, peer_address=peer)
 
     def _on_event_report(self, event: Event) -> tuple[int, None]:
         if self.on_commitment_report is None or event.request.AffectedSOPClassUID != STORAGE_COMMITMENT_PUSH:
@@ -260,6 +261,11 @@ class Listener:
     def _on_store(self, event: Event) -> int | Dataset:
         try:
             return self._store(event)
+        except StoreUnavailable:
+            # Nothing is acknowledged that is not committed: the sender keeps the image and retries.
+            log.error("store_unavailable", stage="c-store", calling_ae=event.assoc.requestor.ae_title)
+            REJECTED.labels(status=f"0x{OUT_OF_RESOURCES:04X}", code=RefusalCode.DATABASE_UNAVAILABLE).inc()
+            return OUT_OF_RESOURCES
         finally:
             self.guard.message_done(id(event.assoc))
 
@@ -369,15 +375,16 @@ class Listener:
             sop_class_uid=context.abstract_syntax,
             sop_instance_uid=uid if _UID.fullmatch(uid or "") else "(not a UID)",
         )
-        self.store.record_rejection(
-            status=status,
-            code=code,
-            reason=reason,
-            calling_ae=calling,
-            peer_address=peer,
-            sop_class_uid=str(context.abstract_syntax),
-            sop_instance_uid=uid or None,
-        )
+        with contextlib.suppress(StoreUnavailable):  # the refusal stands; its row is lost with the database
+            self.store.record_rejection(
+                status=status,
+                code=code,
+                reason=reason,
+                calling_ae=calling,
+                peer_address=peer,
+                sop_class_uid=str(context.abstract_syntax),
+                sop_instance_uid=uid or None,
+            )
         rsp = Dataset()
         rsp.Status = status
         rsp.ErrorComment = reason[:64]

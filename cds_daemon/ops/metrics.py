@@ -62,11 +62,20 @@ AUDIT_UPPER_BOUND = Gauge(
 class StoreCollector(Collector):
     """Gauges computed from the store and the disk when Prometheus scrapes."""
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, node_id: str = "local") -> None:
         self.store = store
         self.data_dir = data_dir
+        self.node_id = node_id
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Store-wide gauges (the same on every node of a cluster), and this node's id and database link."""
+        info = GaugeMetricFamily("cds_node_info", "This node (one per daemon process)", labels=["node_id"])
+        info.add_metric([self.node_id], 1)
+        yield info
+        down = self.store.ping()
+        yield GaugeMetricFamily("cds_store_up", "1 when the database answers", value=0 if down else 1)
+        if down:
+            return
         states = GaugeMetricFamily("cds_instances", "Instances by state", labels=["state"])
         for state, n in self.store.counts_by_state().items():
             states.add_metric([state], n)

@@ -88,3 +88,10 @@ def reason_code(reason: str) -> Code:
 def coding_scheme(manufacturer: str) -> CodingSchemeIdentificationItem:
     """The CodingSchemeIdentificationSequence item that declares the private scheme."""
     return CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME, responsible_organization=manufacturer)
+
+
+#: IHE's own private designator (AI Results profile: Contributing Equipment purpose "Processing Algorithm").
+IHE_SCHEME = CodingSchemeIdentificationItem(
+    designator="99IHE", name="IHE private codes", responsible_organization="IHE"
+)
+SPECIMEN = Code("121027", "DCM", "Specimen")  # TID 1006 Subject Class of a specimen subject context

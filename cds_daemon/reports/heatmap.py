@@ -24,6 +24,7 @@ from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
     character_set,
+    contributing_equipment,
     copy_patient_study,
     equipment,
     evidence_of,
@@ -290,4 +291,5 @@ def build_heatmap_sc(
     sc.SourceImageSequence = Sequence([reference])
     for keyword, value in _lossy_attributes(source).items():
         setattr(sc, keyword, value)
+    sc.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
     return sc

@@ -16,6 +16,7 @@ from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
     character_set,
+    contributing_equipment,
     copy_patient_study,
     equipment,
     evidence_of,
@@ -78,4 +79,5 @@ def build_review_kos(
         **equipment(result, manufacturer),
     )
     copy_patient_study(kos, header)
+    kos.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
     return kos

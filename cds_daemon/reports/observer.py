@@ -12,11 +12,11 @@ _LO_MAX = 64
 
 
 def device_observer(result: AIResult, manufacturer: str, uid: str | None = None) -> hd.sr.ObserverContext:
-    """Observer context naming the device; its UID is stable per manufacturer and model unless given."""
+    """Observer context naming the device; its UID is stable per trained model (bundle hash) unless given."""
     return hd.sr.ObserverContext(
         observer_type=std.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uid or device_uid(manufacturer, result.model_name),
+            uid=uid or device_uid(manufacturer, result.model_name, result.model_sha256),
             name=f"{manufacturer} {result.model_name}"[:_LO_MAX],
             manufacturer_name=manufacturer[:_LO_MAX],
             model_name=result.model_name[:_LO_MAX],

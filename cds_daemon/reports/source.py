@@ -15,8 +15,10 @@ from typing import TypedDict
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
+from cds_daemon.common.version import software_version
 from cds_daemon.common.vocabulary import REQUIRED_SOURCE_UIDS
 from cds_daemon.reports.result import AIResult
 
@@ -93,6 +95,27 @@ def equipment(result: AIResult, manufacturer: str) -> Equipment:
         manufacturer_model_name=result.model_name[:_LO_MAX],
         software_versions=result.model_version[:_LO_MAX],
     )
+
+
+#: The Purpose of Reference of the equipment that made an AI result: CID 7005 "Processing Equipment".
+#: IHE AI Results (trial implementation) names a placeholder (Newcode1, 99IHE, "Processing Algorithm") that is
+#: not a CID 7005 value: validators and highdicom refuse it, so the standard code is used (docs/conformance.md).
+PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
+
+
+def contributing_equipment(result: AIResult, manufacturer: str) -> hd.ContributingEquipment:
+    """One Contributing Equipment item (SOP Common) naming the model as the processing equipment: model name,
+    this software's and the model's versions, and the bundle's SHA-256 as its serial number (new when
+    retrained). The Device UID derived from that hash is the TID 1004 device observer's in the SR;
+    Contributing Equipment has no Device UID attribute (dciodvfy)."""
+    item = hd.ContributingEquipment(
+        manufacturer=manufacturer[:_LO_MAX],
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=result.model_name[:_LO_MAX],
+        software_versions=[f"cds-daemon {software_version()}"[:_LO_MAX], result.model_version[:_LO_MAX]],
+        device_serial_number=result.model_sha256[:_LO_MAX],
+    )
+    return item
 
 
 def series_description(prefix: str, result: AIResult, suffix: str) -> str:

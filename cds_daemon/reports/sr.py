@@ -24,6 +24,7 @@ from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
     character_set,
+    contributing_equipment,
     equipment,
     evidence_of,
     now,
@@ -130,13 +131,14 @@ def build_ai_sr(
     header = evidence_of(source)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
-            observer_device_context=device_observer(result, manufacturer, device_uid)
+            observer_device_context=device_observer(result, manufacturer, device_uid),
+            subject_context=specimen_context(header),
         ),
         procedure_reported=codes.MICROSCOPY,
         imaging_measurements=[_ai_group(header, result, manufacturer)],
     )
     created = now()
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[header],
         content=report[0],
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
@@ -156,6 +158,26 @@ def build_ai_sr(
         series_date=created.date(),
         series_time=created.time(),
         **equipment(result, manufacturer),
+    )
+    sr.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
+    return sr
+
+
+def specimen_context(header: Dataset) -> hd.sr.SubjectContext | None:
+    """TID 1009 specimen subject context from the source image's Specimen module: the slide (Container
+    Identifier), the Specimen Identifier and UID. None when the image carries no specimen description
+    (many camera images do not): the subject is then the patient, as before."""
+    items = header.get("SpecimenDescriptionSequence") or []
+    if not items or not header.get("ContainerIdentifier") or not items[0].get("SpecimenUID"):
+        return None
+    specimen = items[0]
+    return hd.sr.SubjectContext(
+        subject_class=hd.sr.CodedConcept.from_code(codes.SPECIMEN),
+        subject_class_specific_context=hd.sr.SubjectContextSpecimen(
+            uid=str(specimen.SpecimenUID),
+            identifier=str(specimen.get("SpecimenIdentifier", "") or "") or None,
+            container_identifier=str(header.ContainerIdentifier),
+        ),
     )
 
 

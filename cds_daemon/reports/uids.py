@@ -31,9 +31,10 @@ def derived_uid(source_sop_instance_uid: str, model_version: str, kind: str) -> 
     return _uid("result", source_sop_instance_uid, model_version, kind)
 
 
-def device_uid(manufacturer: str, model_name: str) -> str:
-    """Stable Device Observer UID (TID 1004) for one manufacturer and model name."""
-    return _uid("device", manufacturer, model_name)
+def device_uid(manufacturer: str, model_name: str, bundle_sha256: str) -> str:
+    """Device UID of one trained model (TID 1004 observer, Contributing Equipment): stable for a bundle, new
+    whenever the model is retrained (its bundle hash changes), as IHE AI Results recommends."""
+    return _uid("device", manufacturer, model_name, bundle_sha256)
 
 
 def _uid(*parts: str) -> str:

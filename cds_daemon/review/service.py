@@ -107,7 +107,7 @@ class ReviewService:
     def __init__(self, settings: Settings, store: Store, *, on_queued: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
-        self.results = Spool(settings.storage.results_dir)
+        self.results = Spool(settings.storage.results_dir, node=settings.spool_node)
         self.on_queued = on_queued
         self._lock = threading.Lock()  # two reviewers on one image must not get the same SR sequence number
 

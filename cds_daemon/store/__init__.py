@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from cds_daemon.common.clock import timestamp
 from cds_daemon.common.vocabulary import REASONS, ReferralReason
+from cds_daemon.store.cluster import ClusterStore
+from cds_daemon.store.database import StoreUnavailable, is_database_url
 from cds_daemon.store.instances import TRANSITIONS, InstanceStore
 from cds_daemon.store.outbox import OutboxStore
 from cds_daemon.store.records import (
     Decision,
     Instance,
+    LostClaim,
     NewInstance,
     OutboxItem,
     OutputObject,
@@ -31,14 +34,17 @@ __all__ = [
     "TRANSITIONS",
     "Decision",
     "Instance",
+    "LostClaim",
     "NewInstance",
     "OutboxItem",
     "OutputObject",
     "PredictionRecord",
     "StateError",
     "Store",
+    "StoreUnavailable",
     "User",
     "WorklistItem",
+    "is_database_url",
 ]
 
 
@@ -46,7 +52,7 @@ __all__ = [
 AUDIT_PRIORITY = REASONS[ReferralReason.LOW_CONFIDENCE].priority
 
 
-class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStore):
+class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStore, ClusterStore):
     """All persistent state of the daemon. Thread-safe."""
 
     def record_result(
@@ -58,6 +64,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         *,
         actor: str,
         audit: bool = False,
+        holder: str | None = None,
     ) -> None:
         """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
 
@@ -71,7 +78,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
             self._upsert_prediction(db, sop_instance_uid, p, now)
             for out in outputs:
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
-            self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None)
+            self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None, holder=holder)
             if p.referred:
                 self._worklist_add(db, sop_instance_uid, p.priority, actor)
             elif audit:
@@ -102,9 +109,9 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
             ).fetchone()
             if member is None:
                 raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
-            cur = db.execute(
+            decision_id = db.execute(
                 "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
-                " comment, review_sr_uid, decided_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                " comment, review_sr_uid, decided_at) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     worklist_id,
                     sop_instance_uid,
@@ -116,7 +123,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                     review_sr.object_uid if review_sr else None,
                     now,
                 ),
-            )
+            ).fetchone()[0]
             if review_sr is not None:
                 self._queue(db, sop_instance_uid, review_sr, destinations, now, replace=False)
             open_images = db.execute(
@@ -134,7 +141,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 sop_instance_uid,
                 {"worklist_id": worklist_id, "reviewer": reviewer, "ai_class": ai_class, "final_class": final_class},
             )
-            row = db.execute("SELECT * FROM decisions WHERE id = ?", (cur.lastrowid,)).fetchone()
+            row = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
         return Decision(**dict(row))
 
     def mark_delivered(self, item_id: int, *, actor: str) -> bool:
@@ -144,8 +151,9 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 "SELECT sop_instance_uid, kind, destination FROM outbox WHERE id = ?", (item_id,)
             ).fetchone()
             db.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + (commit_txn IS NULL), last_error = NULL,"
-                " updated_at = ? WHERE id = ?",
+                "UPDATE outbox SET state = 'delivered', last_error = NULL, updated_at = ?, claimed_by = NULL,"
+                " lease_until = NULL, attempts = attempts + (CASE WHEN commit_txn IS NULL THEN 1 ELSE 0 END)"
+                " WHERE id = ?",
                 (timestamp(), item_id),
             )
             uid = row["sop_instance_uid"]
@@ -168,6 +176,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         destinations: list[str],
         *,
         actor: str,
+        holder: str | None = None,
     ) -> None:
         """An image the AI could not analyse: ``processing -> failed`` with the reason, its "not analysed"
         prediction and SR in the outbox, and a worklist entry, all or nothing: it never ends silently."""
@@ -176,5 +185,5 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
             self._upsert_prediction(db, sop_instance_uid, prediction, now)
             for out in outputs:
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
-            self._transition(db, sop_instance_uid, "failed", actor, reason)
+            self._transition(db, sop_instance_uid, "failed", actor, reason, holder=holder)
             self._worklist_add(db, sop_instance_uid, prediction.priority, actor)

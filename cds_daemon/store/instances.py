@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
-from cds_daemon.common.clock import timestamp
+from cds_daemon.common.clock import timestamp, timestamp_in
 from cds_daemon.common.vocabulary import ROUTINE_PRIORITY, InstanceState
-from cds_daemon.store.database import StoreBase
-from cds_daemon.store.records import Instance, NewInstance, PredictionRecord, StateError
+from cds_daemon.store.database import Session, StoreBase
+from cds_daemon.store.records import Instance, LostClaim, NewInstance, PredictionRecord, StateError
 
 #: Allowed state transitions. ``processing -> received`` is the restart path.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -52,7 +51,7 @@ class InstanceStore(StoreBase):
                     now,
                 ),
             )
-            inserted = cur.rowcount == 1
+            inserted = bool(cur.rowcount == 1)
             self._audit(db, actor, "received" if inserted else "received-duplicate", new.sop_instance_uid, None)
         return inserted
 
@@ -88,50 +87,110 @@ class InstanceStore(StoreBase):
             self._transition(db, sop_instance_uid, new_state, actor, reason)
 
     def _transition(
-        self, db: sqlite3.Connection, sop_instance_uid: str, new_state: str, actor: str, reason: str | None
+        self,
+        db: Session,
+        sop_instance_uid: str,
+        new_state: str,
+        actor: str,
+        reason: str | None,
+        *,
+        holder: str | None = None,
     ) -> None:
-        row = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        """``holder``: the node that claimed the instance; the transition is refused (``LostClaim``) when the
+        claim is no longer its own (its lease ran out and another node took the work over)."""
+        row = db.execute(
+            "SELECT state, claimed_by FROM instances WHERE sop_instance_uid = ?" + self._for_update,
+            (sop_instance_uid,),
+        ).fetchone()
         if row is None:
             raise StateError(f"no instance {sop_instance_uid}")
+        if holder is not None and (row["state"] != InstanceState.PROCESSING or row["claimed_by"] != holder):
+            raise LostClaim(
+                f"{sop_instance_uid}: no longer claimed by {holder} (now {row['state']}, {row['claimed_by']})"
+            )
         if new_state not in TRANSITIONS[row["state"]]:
             raise StateError(f"{sop_instance_uid}: {row['state']} -> {new_state} is not allowed")
         db.execute(
-            "UPDATE instances SET state = ?, state_reason = ?, updated_at = ?,"
+            "UPDATE instances SET state = ?, state_reason = ?, updated_at = ?, claimed_by = NULL, lease_until = NULL,"
             " attempts = attempts + (CASE WHEN ? = 'processing' THEN 1 ELSE 0 END)"
             " WHERE sop_instance_uid = ?",
             (new_state, reason, timestamp(), new_state, sop_instance_uid),
         )
         self._audit(db, actor, f"state:{row['state']}->{new_state}", sop_instance_uid, reason)
 
-    def claim_next(self, actor: str) -> Instance | None:
-        """Atomically take the oldest ``received`` instance and mark it ``processing``."""
+    def claim_next(self, actor: str, node: str = "local", lease_s: float = 60.0) -> Instance | None:
+        """Take the oldest ``received`` instance (or one whose claim's lease ran out) for ``node``.
+
+        On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED``: nodes claiming at once get different
+        rows, and none waits for another. The lease is renewed by :meth:`renew_leases` while the node lives.
+        """
+        now = timestamp()
         with self._tx() as db:
             row = db.execute(
-                "SELECT sop_instance_uid FROM instances WHERE state = 'received' ORDER BY id LIMIT 1"
+                "SELECT id, sop_instance_uid, state, claimed_by FROM instances WHERE state = 'received'"
+                " OR (state = 'processing' AND lease_until < ?) ORDER BY id LIMIT 1" + self._skip_locked,
+                (now,),
             ).fetchone()
             if row is None:
                 return None
-            uid = row[0]
+            uid = row["sop_instance_uid"]
             db.execute(
-                "UPDATE instances SET state = 'processing', updated_at = ?, attempts = attempts + 1"
-                " WHERE sop_instance_uid = ?",
-                (timestamp(), uid),
+                "UPDATE instances SET state = 'processing', claimed_by = ?, lease_until = ?, updated_at = ?,"
+                " attempts = attempts + 1 WHERE id = ?",
+                (node, timestamp_in(lease_s), now, row["id"]),
             )
-            self._audit(db, actor, "state:received->processing", uid, None)
+            if row["state"] == InstanceState.PROCESSING:
+                self._audit(db, actor, "state:processing->processing", uid, f"lease of {row['claimed_by']} expired")
+            else:
+                self._audit(db, actor, "state:received->processing", uid, None)
         return self.get_instance(uid)
 
-    def requeue_interrupted(self, actor: str) -> int:
-        """After a restart, instances left ``processing`` go back to ``received``."""
+    def renew_leases(self, node: str, lease_s: float, uids: list[str]) -> int:
+        """Extend ``node``'s claims on the instances it is working on now (its heartbeat); returns how many.
+
+        Only those: a claim the worker dropped (the database failed as it recorded the result) then runs out
+        and the instance is taken again, by this node or another.
+        """
+        if not uids:
+            return 0
+        until = timestamp_in(lease_s)
         with self._tx() as db:
-            uids = [r[0] for r in db.execute("SELECT sop_instance_uid FROM instances WHERE state = 'processing'")]
+            res = db.executemany(
+                "UPDATE instances SET lease_until = ? WHERE sop_instance_uid = ? AND claimed_by = ?"
+                " AND state = 'processing'",
+                [(until, uid, node) for uid in uids],
+            )
+        return int(res.rowcount)
+
+    def requeue_interrupted(self, actor: str, node: str = "local") -> int:
+        """After a restart, the instances this node had claimed (and unclaimed ones left ``processing`` by a
+        version without claims) go back to ``received``. Other nodes' claims are theirs until their lease
+        runs out."""
+        with self._tx() as db:
+            where = "state = 'processing' AND (claimed_by = ? OR claimed_by IS NULL)"
+            uids = [r[0] for r in db.execute(f"SELECT sop_instance_uid FROM instances WHERE {where}", (node,))]
             db.execute(
                 "UPDATE instances SET state = 'received', state_reason = 'requeued after restart',"
-                " updated_at = ? WHERE state = 'processing'",
-                (timestamp(),),
+                f" claimed_by = NULL, lease_until = NULL, updated_at = ? WHERE {where}",
+                (timestamp(), node),
             )
             for uid in uids:
                 self._audit(db, actor, "state:processing->received", uid, "requeued after restart")
         return len(uids)
+
+    def claims(self) -> dict[str, dict[str, int]]:
+        """Work each node holds now: {node: {"instances": n, "outbox": m}}."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for table, state in (("instances", "processing"), ("outbox", "pending")):
+                rows = self._db.execute(
+                    f"SELECT claimed_by, COUNT(*) FROM {table} WHERE state = ? AND claimed_by IS NOT NULL"
+                    " GROUP BY claimed_by",
+                    (state,),
+                ).fetchall()
+                for node, n in rows:
+                    out.setdefault(str(node), {"instances": 0, "outbox": 0})[table] = int(n)
+        return out
 
     def counts_by_state(self) -> dict[str, int]:
         with self._lock:
@@ -160,7 +219,7 @@ class InstanceStore(StoreBase):
             db.execute("UPDATE instances SET purged_at = ? WHERE sop_instance_uid = ?", (timestamp(), sop_instance_uid))
             self._audit(db, actor, "purged-files", sop_instance_uid, None)
 
-    def _upsert_prediction(self, db: sqlite3.Connection, uid: str, p: PredictionRecord, now: str) -> None:
+    def _upsert_prediction(self, db: Session, uid: str, p: PredictionRecord, now: str) -> None:
         """The image's prediction, replacing an earlier one (a re-run)."""
         db.execute(
             """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,

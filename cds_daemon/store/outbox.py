@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from cds_daemon.common.clock import timestamp
-from cds_daemon.store.database import StoreBase
+from cds_daemon.common.clock import timestamp, timestamp_in
+from cds_daemon.store.database import Session, StoreBase
 from cds_daemon.store.records import OutboxItem, OutputObject
 
 _OUTBOX_SELECT = (
@@ -17,7 +15,7 @@ _OUTBOX_SELECT = (
 class OutboxStore(StoreBase):
     def _queue(
         self,
-        db: sqlite3.Connection,
+        db: Session,
         sop_instance_uid: str,
         out: OutputObject,
         destinations: list[str],
@@ -40,14 +38,32 @@ class OutboxStore(StoreBase):
                 (sop_instance_uid, out.kind, out.object_uid, out.sop_class_uid, dest, out.path, now, now, now),
             )
 
-    def due_outbox(self, now: str | None = None, limit: int = 100) -> list[OutboxItem]:
-        """Pending items whose next attempt is due, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                _OUTBOX_SELECT
-                + " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-                (now or timestamp(), limit),
-            ).fetchall()
+    def due_outbox(
+        self, now: str | None = None, limit: int = 100, *, node: str = "local", lease_s: float = 120.0
+    ) -> list[OutboxItem]:
+        """Claim pending items whose next attempt is due, oldest first, for ``node`` to send.
+
+        Items another node claimed stay its own while its lease runs (``SKIP LOCKED`` on PostgreSQL: nodes
+        sending at once get different items). A claim ends with the item's next state (or its lease).
+        """
+        now = now or timestamp()
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+                    " AND (claimed_by IS NULL OR claimed_by = ? OR lease_until < ?)"
+                    " ORDER BY next_attempt_at, id LIMIT ?" + self._skip_locked,
+                    (now, node, now, limit),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            db.executemany(
+                "UPDATE outbox SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                [(node, timestamp_in(lease_s), i) for i in ids],
+            )
+            rows = [db.execute(_OUTBOX_SELECT + " WHERE id = ?", (i,)).fetchone() for i in ids]
         return [OutboxItem(**dict(r)) for r in rows]
 
     def outbox_items(self, sop_instance_uid: str) -> list[OutboxItem]:
@@ -62,7 +78,7 @@ class OutboxStore(StoreBase):
         with self._tx() as db:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?,"
-                " commit_txn = NULL WHERE id = ?",
+                " commit_txn = NULL, claimed_by = NULL, lease_until = NULL WHERE id = ?",
                 (error[:500], next_attempt_at, timestamp(), item_id),
             )
 
@@ -71,7 +87,7 @@ class OutboxStore(StoreBase):
         with self._tx() as db:
             db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = NULL, next_attempt_at = ?, updated_at = ?,"
-                " commit_txn = ? WHERE id = ? AND state = 'pending'",
+                " commit_txn = ?, claimed_by = NULL, lease_until = NULL WHERE id = ? AND state = 'pending'",
                 [(resend_at, timestamp(), transaction_uid, i) for i in item_ids],
             )
             for i in item_ids:
@@ -90,8 +106,8 @@ class OutboxStore(StoreBase):
     def mark_dead(self, item_id: int, error: str, *, actor: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ?,"
+                " claimed_by = NULL, lease_until = NULL WHERE id = ?",
                 (error[:500], timestamp(), item_id),
             )
             row = db.execute(

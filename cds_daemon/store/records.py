@@ -13,6 +13,11 @@ class StateError(Exception):
     """An instance was asked to make a transition the state machine does not allow."""
 
 
+class LostClaim(StateError):
+    """A node's claim on an instance ran out and another node took the work over: its result is dropped
+    (the other node makes the same objects, with the same UIDs)."""
+
+
 @dataclass(frozen=True)
 class Instance:
     id: int
@@ -34,6 +39,8 @@ class Instance:
     updated_at: str
     purged_at: str | None = None
     case_key: str | None = None
+    claimed_by: str | None = None  # the node processing it, while ``processing``
+    lease_until: str | None = None
 
     @property
     def on_disk(self) -> bool:

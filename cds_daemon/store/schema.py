@@ -164,4 +164,39 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TEXT NOT NULL
     );
     """,
+    # Several nodes on one PostgreSQL database: who holds which work (a lease, renewed while working), the
+    # nodes' heartbeats, server-side web sessions, the last run of each once-per-cluster job, and the
+    # oldest software version that may run on this schema (additive migrations keep it; see _check_reader).
+    """
+    ALTER TABLE instances ADD COLUMN claimed_by TEXT;
+    ALTER TABLE instances ADD COLUMN lease_until TEXT;
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+    ALTER TABLE outbox ADD COLUMN lease_until TEXT;
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        last_seen TEXT NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        sid_sha256 TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE TABLE cluster_jobs (
+        name TEXT PRIMARY KEY,
+        last_run_at TEXT NOT NULL,
+        node_id TEXT NOT NULL
+    );
+    CREATE TABLE store_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO store_meta (key, value) VALUES ('min_reader', '10');
+    ALTER TABLE worklist_images ADD COLUMN added_seq INTEGER;
+    UPDATE worklist_images SET added_seq = rowid;
+    """,
 )

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,13 @@ def valid_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # purged meanwhile
+        return float("inf")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -47,10 +55,13 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """The directory of received objects, one file per SOPInstanceUID."""
 
-    def __init__(self, root: Path, min_free_bytes: int = 0, max_used_ratio: float = 1.0) -> None:
+    def __init__(
+        self, root: Path, min_free_bytes: int = 0, max_used_ratio: float = 1.0, *, node: str | None = None
+    ) -> None:
+        """``node``: several nodes share ``root``; each writes (and at start cleans) its own ``incoming/NODE``."""
         self.root = root
         self.max_used_ratio = max_used_ratio
-        self.incoming = root / "incoming"
+        self.incoming = root / "incoming" / re.sub(r"[^A-Za-z0-9_.-]", "_", node) if node else root / "incoming"
         self.objects = root / "objects"
         self.min_free_bytes = min_free_bytes
         self.incoming.mkdir(parents=True, exist_ok=True)
@@ -101,9 +112,14 @@ class Spool:
             removed += 1
         return removed
 
-    def unreferenced(self, known: set[str]) -> list[Path]:
-        """Complete files with no store row: written, but the crash came before the row."""
-        return [p for p in self.objects.glob("*/*.dcm") if str(p) not in known]
+    def unreferenced(self, known: set[str], min_age_s: float = 0.0) -> list[Path]:
+        """Complete files with no store row: written, but the crash came before the row.
+
+        ``min_age_s``: with nodes sharing the spool, another node's file may be a moment ahead of its row;
+        only files older than this are taken for orphans.
+        """
+        cutoff = time.time() - min_age_s
+        return [p for p in self.objects.glob("*/*.dcm") if str(p) not in known and _mtime(p) < cutoff]
 
     def quarantine(self, path: Path) -> Path:
         """Move a file out of the object tree without deleting it (a lost database must not

@@ -31,6 +31,7 @@ class UserStore(StoreBase):
     def disable_user(self, username: str, *, actor: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
+            db.execute("DELETE FROM web_sessions WHERE username = ?", (username,))
             self._audit(db, actor, "user:disable", None, {"username": username})
 
     def add_token(self, token_sha256: str, username: str, expires_at: str, *, actor: str) -> None:
@@ -49,3 +50,25 @@ class UserStore(StoreBase):
                 (token_sha256, timestamp()),
             ).fetchone()
         return None if row is None else str(row[0])
+
+    # --- review page sessions: in the database, so that any node serves any reviewer -----------------
+
+    def session_open(self, sid_sha256: str, username: str, expires_at: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE expires_at <= ?", (timestamp(),))
+            db.execute(
+                "INSERT INTO web_sessions (sid_sha256, username, created_at, expires_at) VALUES (?,?,?,?)",
+                (sid_sha256, username, timestamp(), expires_at),
+            )
+
+    def session_user(self, sid_sha256: str) -> str | None:
+        """The user of a live session, else None (unknown, expired or closed)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username FROM web_sessions WHERE sid_sha256 = ? AND expires_at > ?", (sid_sha256, timestamp())
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def session_close(self, sid_sha256: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE sid_sha256 = ?", (sid_sha256,))

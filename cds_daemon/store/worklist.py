@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from typing import Any
 
 from cds_daemon.common.clock import timestamp
 from cds_daemon.common.vocabulary import WorklistStatus
-from cds_daemon.store.database import StoreBase
+from cds_daemon.store.database import Session, StoreBase
 from cds_daemon.store.records import Decision, WorklistItem
 
 
 class WorklistStore(StoreBase):
-    def _worklist_add(
-        self, db: sqlite3.Connection, uid: str, priority: int, actor: str, *, audit: bool = False
-    ) -> None:
+    def _worklist_add(self, db: Session, uid: str, priority: int, actor: str, *, audit: bool = False) -> None:
         """File a referred (or audit-sampled) image under its case (the key ingest recorded); reopen a
         finished case."""
         inst = db.execute(
@@ -25,24 +23,28 @@ class WorklistStore(StoreBase):
         db.execute(
             """INSERT INTO worklist (case_key, study_instance_uid, accession_number, priority, status,
                    created_at, updated_at) VALUES (?,?,?,?,'open',?,?)
-               ON CONFLICT (case_key) DO UPDATE SET priority = MIN(priority, excluded.priority),
-                   status = CASE WHEN status = 'done' THEN 'open' ELSE status END, updated_at = excluded.updated_at""",
+               ON CONFLICT (case_key) DO UPDATE SET
+                   priority = CASE WHEN excluded.priority < worklist.priority
+                       THEN excluded.priority ELSE worklist.priority END,
+                   status = CASE WHEN worklist.status = 'done' THEN 'open' ELSE worklist.status END,
+                   updated_at = excluded.updated_at""",
             (key, inst["study_instance_uid"], inst["accession_number"], priority, now, now),
         )
         item_id = db.execute("SELECT id FROM worklist WHERE case_key = ?", (key,)).fetchone()[0]
         db.execute(
-            "INSERT INTO worklist_images (worklist_id, sop_instance_uid, audit) VALUES (?, ?, ?)"
+            "INSERT INTO worklist_images (worklist_id, sop_instance_uid, audit, added_seq) VALUES (?, ?, ?,"
+            " (SELECT COALESCE(MAX(added_seq), 0) + 1 FROM worklist_images WHERE worklist_id = ?))"
             " ON CONFLICT (sop_instance_uid) DO NOTHING",
-            (item_id, uid, int(audit)),
+            (item_id, uid, int(audit), item_id),
         )
         action = "worklist:add-audit" if audit else "worklist:add"
         self._audit(db, actor, action, uid, {"worklist_id": item_id, "priority": priority})
 
-    def _worklist_item(self, db: sqlite3.Connection, row: sqlite3.Row) -> WorklistItem:
+    def _worklist_item(self, db: Session, row: Any) -> WorklistItem:
         images = tuple(
             r[0]
             for r in db.execute(
-                "SELECT sop_instance_uid FROM worklist_images WHERE worklist_id = ? ORDER BY rowid", (row["id"],)
+                "SELECT sop_instance_uid FROM worklist_images WHERE worklist_id = ? ORDER BY added_seq", (row["id"],)
             )
         )
         decided = tuple(

@@ -75,7 +75,7 @@ class WebContext:
     heatmaps: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
 
     def __post_init__(self) -> None:
-        self.registry = SessionRegistry(self.settings.web.session_minutes * 60)
+        self.registry = SessionRegistry(self.store, self.settings.web.session_minutes * 60)
         free = self.settings.web.max_failed_logins
         self.throttle = LoginThrottle(free, address_free=4 * free)
 

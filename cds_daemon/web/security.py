@@ -7,11 +7,10 @@ or disabling a user ends the session at once, and a daemon restart ends every se
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import os
 import secrets
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 from flask import Response, abort, g, redirect, request, session, url_for
 
+from cds_daemon.common.clock import timestamp_in
 from cds_daemon.store import Store, User
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,46 +39,46 @@ def load_secret_key(path: Path) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(48)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_suffix(f".{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # fails if another node made the key first (shared data_dir): then use theirs
+    except FileExistsError:
+        key = path.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
 
 
 class SessionRegistry:
-    """Live login sessions: id -> (user name, monotonic start)."""
+    """Live login sessions, in the store: any node of a cluster serves any reviewer, and a restart keeps
+    them. The cookie carries the session id; the store keeps only its SHA-256 (a stolen database holds
+    no usable session)."""
 
-    def __init__(self, lifetime_s: float) -> None:
+    def __init__(self, store: Store, lifetime_s: float) -> None:
+        self.store = store
         self.lifetime_s = lifetime_s
-        self._sessions: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
 
     def open(self, username: str) -> str:
         sid = secrets.token_urlsafe(24)
-        with self._lock:
-            self._sessions[sid] = (username, time.monotonic())
+        self.store.session_open(self._key(sid), username, timestamp_in(self.lifetime_s))
         return sid
 
     def user_of(self, sid: str | None) -> str | None:
-        """The user of a live session; an expired one is forgotten."""
-        if not sid:
-            return None
-        with self._lock:
-            entry = self._sessions.get(sid)
-            if entry is None:
-                return None
-            if time.monotonic() - entry[1] > self.lifetime_s:
-                del self._sessions[sid]
-                return None
-            return entry[0]
+        """The user of a live session (None: unknown, closed or expired)."""
+        return self.store.session_user(self._key(sid)) if sid else None
 
     def close(self, sid: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(sid or "", None)
+        if sid:
+            self.store.session_close(self._key(sid))
 
 
 def csrf_token() -> str:

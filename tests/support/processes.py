@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -70,15 +71,19 @@ class DaemonProcess:
     listener_options: dict[str, Any] = field(default_factory=dict)
     destination_tls: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    web_destinations: list[dict[str, Any]] = field(default_factory=list)  # [[destinations]] tables as written
     bundle: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
+    shared_data: Path | None = None  # a data directory other daemons use too (a cluster)
+    database_url: str | None = None
+    node_id: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     @property
     def data_dir(self) -> Path:
-        return self.workdir / "data"
+        return self.shared_data or self.workdir / "data"
 
     @property
     def config_path(self) -> Path:
@@ -110,10 +115,15 @@ class DaemonProcess:
             f"data_dir = {toml_value(self.data_dir)}",
             "min_free_mb = 1",
             "max_used_percent = 100",
+            *([f"database_url = {toml_value(self.database_url)}"] if self.database_url else []),
             "[health]",
             f"port = {self.health_port}",
             "[web]",
             f"port = {self.web_port}",
+            "[cluster]",
+            "lease_s = 5",
+            "heartbeat_s = 1",
+            *([f"node_id = {toml_value(self.node_id)}"] if self.node_id else []),
         ]
         for ae, addresses in self.allowed:
             lines += [
@@ -132,7 +142,9 @@ class DaemonProcess:
             ]
             if name in self.destination_tls:
                 lines += ["[destinations.tls]", *_toml_pairs(self.destination_tls[name])]
-        if not self.destinations:
+        for table in self.web_destinations:
+            lines += ["[[destinations]]", *_toml_pairs(table)]
+        if not self.destinations and not self.web_destinations:
             lines.insert(0, "destinations = []")
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config)
 
@@ -323,6 +335,8 @@ class OrthancProcess:
     http_port: int = field(default_factory=free_port)
     modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
     tls: OrthancTLS | None = None
+    dicomweb: bool = False  # the DICOMweb plugin (Debian's orthanc-dicomweb) on /dicom-web/
+    users: dict[str, str] = field(default_factory=dict)  # HTTP basic auth users; none: no authentication
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OrthancProcess:
@@ -345,6 +359,13 @@ class OrthancProcess:
             "Plugins": [],
             "StableAge": 1,
         }
+        if self.dicomweb:
+            config |= {
+                "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            }
+        if self.users:
+            config |= {"AuthenticationEnabled": True, "RegisteredUsers": self.users}
         if self.tls is not None:
             config |= {
                 "DicomTlsEnabled": True,
@@ -372,8 +393,17 @@ class OrthancProcess:
                 self.proc.wait()
         self.proc = None
 
+    def _open(self, req: urllib.request.Request | str) -> Any:
+        if not isinstance(req, urllib.request.Request):
+            req = urllib.request.Request(req)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(req, timeout=10)
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
+        with self._open(f"http://127.0.0.1:{self.http_port}{path}") as rsp:
             return json.loads(rsp.read())
 
     def lookup(self, dicom_uid: str) -> list[dict[str, Any]]:
@@ -381,7 +411,7 @@ class OrthancProcess:
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/tools/lookup", data=dicom_uid.encode(), method="POST"
         )
-        with urllib.request.urlopen(req, timeout=10) as rsp:
+        with self._open(req) as rsp:
             return list(json.loads(rsp.read()))
 
     def instance_id(self, sop_instance_uid: str) -> str | None:
@@ -397,8 +427,8 @@ class OrthancProcess:
         return self.get(f"/instances/{orthanc_id}/simplified-tags")
 
     def file(self, orthanc_id: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file") as rsp:
-            return rsp.read()
+        with self._open(f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file") as rsp:
+            return bytes(rsp.read())
 
     def alive(self) -> bool:
         try:

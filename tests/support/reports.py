@@ -144,6 +144,21 @@ def vl_microscopic(pixels: np.ndarray | None = None) -> Dataset:
     return ds
 
 
+def vl_microscopic_with_specimen() -> Dataset:
+    """A VL Microscopic Image whose camera software filled the Specimen module: slide and specimen."""
+    ds = vl_microscopic()
+    ds.ContainerIdentifier = "SLIDE-2024-0815-A"
+    ds.IssuerOfTheContainerIdentifierSequence = Sequence()
+    ds.ContainerTypeCodeSequence = Sequence()
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "FNA-2024-0815-1"
+    specimen.SpecimenUID = generate_uid()
+    specimen.IssuerOfTheSpecimenIdentifierSequence = Sequence()
+    specimen.SpecimenPreparationSequence = Sequence()
+    ds.SpecimenDescriptionSequence = Sequence([specimen])
+    return ds
+
+
 def minimal_sc(pixels: np.ndarray | None = None, *, jpeg: bool = False) -> Dataset:
     """A Secondary Capture with only what a careless modality sends: no birth date, sex, accession, IDs."""
     ds = Dataset()

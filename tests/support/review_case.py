@@ -16,9 +16,9 @@ from dicom_fixtures.wrap import wrap_image
 from tests.support.received import receive
 
 
-def review_settings(data_dir: Path, bundle: Path) -> Settings:
+def review_settings(data_dir: Path, bundle: Path, database_url: str | None = None) -> Settings:
     return Settings(
-        storage=StorageSettings(data_dir=data_dir, min_free_mb=1, max_used_percent=100),
+        storage=StorageSettings(data_dir=data_dir, min_free_mb=1, max_used_percent=100, database_url=database_url),
         model_bundle=bundle,
         destinations=[Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)],
         web=WebSettings(port=0, max_failed_logins=3),

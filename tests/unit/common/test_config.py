@@ -94,6 +94,12 @@ def test_example_config_is_valid() -> None:
     assert s.listener.allowed_callers
 
 
+def test_two_node_example_is_valid() -> None:
+    s = load_settings(REPO / "deploy" / "cluster" / "node-a.toml")
+    assert s.node_id == "cds-a" and str(s.storage.database).startswith("postgresql://")
+    assert s.spool_node == "cds-a"
+
+
 def test_tls_settings_that_are_valid(tmp_path: Path) -> None:
     cfg = tmp_path / "tls.toml"
     cfg.write_text(
@@ -109,3 +115,21 @@ def test_tls_settings_that_are_valid(tmp_path: Path) -> None:
     verified, mutual = s.destinations
     assert verified.tls.ca_file == Path("ca.crt") and verified.tls.cert_file is None
     assert mutual.tls.cert_file == Path("c.crt") and mutual.tls.key_file == Path("c.key")
+
+
+def test_destinations_are_dimse_or_dicomweb_and_say_what_is_missing() -> None:
+    from pydantic import ValidationError
+
+    from cds_daemon.common.config import Destination
+
+    web = Destination(name="archive", kind="dicomweb", url="https://a.example.org/dicom-web")
+    assert web.address == "https://a.example.org/dicom-web"
+    assert Destination(name="pacs", ae_title="PACS", host="h", port=104).address == "PACS@h:104"
+    for bad, message in (
+        ({"name": "p", "ae_title": "PACS"}, "needs ae_title, host and port"),
+        ({"name": "w", "kind": "dicomweb"}, "needs url"),
+        ({"name": "w", "kind": "dicomweb", "url": "ftp://x"}, "needs url"),
+        ({"name": "w", "kind": "dicomweb", "url": "http://x", "storage_commitment": True}, "DIMSE service"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            Destination(**bad)  # type: ignore[arg-type]

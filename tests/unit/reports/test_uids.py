@@ -50,6 +50,8 @@ def test_empty_inputs_are_refused() -> None:
 
 
 def test_device_uid_is_stable_per_model() -> None:
-    assert device_uid("Thyroid CDS", "ThyroidEffi") == device_uid("Thyroid CDS", "ThyroidEffi")
-    assert device_uid("Thyroid CDS", "ThyroidEffi") != device_uid("Thyroid CDS", "Other")
-    assert UID(device_uid("Thyroid CDS", "ThyroidEffi")).is_valid
+    one = device_uid("Thyroid CDS", "ThyroidEffi", "a" * 64)
+    assert one == device_uid("Thyroid CDS", "ThyroidEffi", "a" * 64)
+    assert one != device_uid("Thyroid CDS", "Other", "a" * 64)
+    assert one != device_uid("Thyroid CDS", "ThyroidEffi", "b" * 64)  # retrained: a new device UID
+    assert UID(one).is_valid

@@ -36,17 +36,22 @@ def test_migrations_set_version_and_wal(tmp_path: Path) -> None:
     Store(tmp_path / "db.sqlite3").close()  # re-opening is a no-op migration
 
 
-def test_refuses_newer_schema(tmp_path: Path) -> None:
+def test_runs_beside_a_newer_additive_schema_but_not_a_breaking_one(tmp_path: Path) -> None:
+    """Rolling upgrades: a node may run on a schema one version ahead as long as that version says it may."""
     Store(tmp_path / "db.sqlite3").close()
-    db = sqlite3.connect(tmp_path / "db.sqlite3")
-    db.execute("PRAGMA user_version=999")
+    db = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    db.execute("PRAGMA user_version=999")  # a later version, whose migrations were all additive
     db.close()
-    with pytest.raises(RuntimeError, match="newer than this software"):
+    Store(tmp_path / "db.sqlite3").close()
+    db = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    db.execute("UPDATE store_meta SET value = '999' WHERE key = 'min_reader'")  # a breaking one
+    db.close()
+    with pytest.raises(RuntimeError, match="needs software that knows schema 999"):
         Store(tmp_path / "db.sqlite3")
 
 
-def test_duplicate_uid_is_one_row(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_duplicate_uid_is_one_row(store_target: str | Path) -> None:
+    store = Store(store_target)
     assert store.record_received(_new("1.2.3.4.5"), actor="T") is True
     assert store.record_received(_new("1.2.3.4.5"), actor="T") is False
     assert store.counts_by_state()["received"] == 1
@@ -54,8 +59,8 @@ def test_duplicate_uid_is_one_row(tmp_path: Path) -> None:
     assert actions == ["received", "received-duplicate"]
 
 
-def test_state_machine(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_state_machine(store_target: str | Path) -> None:
+    store = Store(store_target)
     store.record_received(_new("1.1"), actor="T")
     with pytest.raises(StateError):
         store.set_state("1.1", "delivered", actor="T")
@@ -69,21 +74,21 @@ def test_state_machine(tmp_path: Path) -> None:
     assert store.get_instance("1.1").state == "delivered"  # type: ignore[union-attr]
 
 
-def test_requeue_after_restart(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_requeue_after_restart(store_target: str | Path) -> None:
+    store = Store(store_target)
     for uid in ("1.1", "1.2", "1.3"):
         store.record_received(_new(uid, path=f"/{uid}"), actor="T")
     store.claim_next(actor="w")
     store.claim_next(actor="w")
     store.close()
-    store = Store(tmp_path / "db.sqlite3")
+    store = Store(store_target)
     assert store.requeue_interrupted(actor="restart") == 2
     assert store.counts_by_state()["received"] == 3
     assert store.known_spool_paths() == {"/1.1", "/1.2", "/1.3"}
 
 
-def test_rejection_counts(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_rejection_counts(store_target: str | Path) -> None:
+    store = Store(store_target)
     for _ in range(2):
         store.record_rejection(
             status=0xA900, code="no_pixel_data", reason="no pixel data", calling_ae="A", peer_address="127.0.0.1"
@@ -109,8 +114,8 @@ def _referred(store: Store, uid: str, accession: str | None, priority: int) -> N
     store.record_result(uid, record, [], [], actor="w")
 
 
-def test_worklist_groups_by_case_and_closes_when_all_decided(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_worklist_groups_by_case_and_closes_when_all_decided(store_target: str | Path) -> None:
+    store = Store(store_target)
     _referred(store, "1.1", "ACC1", 3)
     _referred(store, "1.2", "ACC1", 1)
     _referred(store, "1.3", "ACC2", 5)
@@ -151,16 +156,16 @@ def test_worklist_groups_by_case_and_closes_when_all_decided(tmp_path: Path) -> 
     assert stats["pairs"]["indeterminate"] == {"indeterminate": 1, "malignant": 1}
 
 
-def test_escalation(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_escalation(store_target: str | Path) -> None:
+    store = Store(store_target)
     _referred(store, "2.1", None, 3)
     assert store.escalate_overdue("0000", actor="scheduler") == []
     assert store.escalate_overdue("9999", actor="scheduler") == [store.worklist()[0].id]
     assert store.worklist_counts()["escalated"] == 1
 
 
-def test_retention_candidates_are_delivered_and_old(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+def test_retention_candidates_are_delivered_and_old(store_target: str | Path) -> None:
+    store = Store(store_target)
     _referred(store, "3.1", None, 5)  # reported, not delivered
     assert store.purgeable("9999") == []
     store.set_state("3.1", "delivered", actor="egress")

@@ -46,13 +46,14 @@ class Site:
         return self.app.test_client()
 
     def actions(self) -> list[str]:
-        with self.store._lock:
-            return [r[0] for r in self.store._db.execute("SELECT action FROM audit ORDER BY id")]
+        return self.store.audit_actions()
 
 
 @pytest.fixture
-def site(tmp_path: Path, tiny_bundle: Path, engine: Engine) -> Iterator[Site]:
-    settings = review_settings(tmp_path / "data", tiny_bundle)
+def site(tmp_path: Path, tiny_bundle: Path, engine: Engine, store_target: str | Path) -> Iterator[Site]:
+    """The review page on each store backend (PostgreSQL: any node serves any reviewer's session)."""
+    url = store_target if isinstance(store_target, str) else None
+    settings = review_settings(tmp_path / "data", tiny_bundle, database_url=url)
     store = Store(settings.storage.database)
     add_user(store, "dr.ana", PASSWORD, "reviewer", "Smith, Ana", actor="test")
     add_user(store, "boss", PASSWORD, "admin", "Jones, Bo", actor="test")
@@ -117,8 +118,7 @@ def test_repeated_failures_make_that_address_wait_but_lock_nobody_out(site: Site
     assert login(elsewhere, "dr.ana")[0] == 302  # someone guessing elsewhere never locks the user out
     for name in ("no.such.user", "x" * 500):
         assert login(c, name, "pw")[0] in (401, 429)
-    with site.store._lock:
-        details = [str(r[0]) for r in site.store._db.execute("SELECT detail FROM audit")]
+    details = site.store.audit_details()
     assert not any("no.such.user" in d or "xxxx" in d for d in details)  # unknown names are never stored
 
 
@@ -265,3 +265,21 @@ def test_server_thread_serves_and_stops_cleanly(site: Site) -> None:
     assert not server.running
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=2):
         pass
+
+
+def test_a_login_on_one_node_is_valid_on_another(site: Site, engine: Engine) -> None:
+    """Sessions live in the store and the cookie key in the shared data directory: any node serves the page."""
+    other_store = Store(site.settings.storage.database)
+    other = create_app(WebContext(site.settings, other_store, ReviewService(site.settings, other_store), engine))
+    other.testing = True
+    c = site.client()
+    assert login(c, "dr.ana")[0] == 302
+    cookie = c.get_cookie("cds_session")
+    assert cookie is not None
+    elsewhere = other.test_client()
+    elsewhere.set_cookie("cds_session", cookie.value)
+    page = elsewhere.get("/worklist")
+    assert page.status_code == 200
+    assert elsewhere.post("/logout", data={"csrf_token": token(page.get_data(as_text=True))}).status_code == 302
+    assert c.get("/worklist").status_code == 302  # logged out on one node: out on every node
+    other_store.close()
