@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -137,6 +138,26 @@ class Service:
             self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
             self.worker.start()
         self._add_worklist_jobs()
+        quiet = s.reports.case_quiet_s
+        if s.reports.case_sr and s.model_bundle is not None:
+            from cds_daemon.review.case_reports import write_due_case_reports
+
+            every = max(0.5, min(15.0, quiet / 4))
+            self.scheduler.add_job(
+                self._once,
+                "interval",
+                args=(
+                    "case-reports",
+                    every,
+                    functools.partial(write_due_case_reports, on_queued=self.wake_egress),
+                    self.store,
+                    s,
+                ),
+                seconds=every,
+                id="case-reports",
+                max_instances=1,
+                coalesce=True,
+            )
         if self.worker is None:
             self.scheduler.add_job(self.watchdog, "interval", seconds=5, id="watchdog")
         if s.storage.retention_days is not None:
@@ -210,7 +231,7 @@ class Service:
         try:
             with self.store.cluster_job(name, every_s, self.settings.node_id) as mine:
                 if mine:
-                    log.info("cluster_job", name=name, node_id=self.settings.node_id)
+                    (log.info if every_s >= 60 else log.debug)("cluster_job", name=name, node_id=self.settings.node_id)
                     job(*args)
                 return mine
         except StoreUnavailable:

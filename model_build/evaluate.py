@@ -21,6 +21,7 @@ from cds_daemon.analysis.quality import assess
 from cds_daemon.analysis.triage import decide
 from cds_daemon.common.binomial import binomial_upper_bound
 from cds_daemon.common.config import QualitySettings, TriageSettings
+from cds_daemon.review.similar import precision_at_k
 from model_build import metrics
 from model_build.dataset import load_dataset, read_rgb
 from model_build.report import write_report
@@ -33,13 +34,15 @@ def run_evaluate(
     ds = load_dataset(Path(data))
     names = list(engine.classes)
     threshold = engine.finalisation_threshold()
-    probs, labels, referred, reasons = [], [], [], []
+    probs, labels, referred, reasons, features = [], [], [], [], []
     for sample in tqdm(ds.samples, desc="evaluate", leave=False, dynamic_ncols=True):
         rgb = read_rgb(sample.path)
         quality = assess(rgb, was_colour=True, settings=QualitySettings())
         pred = engine.predict(rgb)
         triage = decide(pred, quality, TriageSettings(), threshold)
         probs.append([pred.probs[c] for c in names])
+        if pred.embedding is not None:
+            features.append(pred.embedding)
         labels.append(sample.label)
         referred.append(triage.referred)
         reasons.append(triage.reasons)
@@ -53,6 +56,9 @@ def run_evaluate(
         "finalisation": finalised(p, y, r, engine),
         "referral_reasons": _count(reasons),
     }
+    if len(features) == len(labels) and len(labels) > 5:
+        precision, chance = precision_at_k(np.stack(features), np.asarray(labels), k=5)
+        result["retrieval"] = {"k": 5, "precision": precision, "random": chance}
     if out_dir is not None:
         write_report(result, Path(out_dir), p, y, names, result["title"])
     return result
@@ -91,6 +97,15 @@ def format_summary(result: dict[str, Any]) -> str:
     ci = m.get("bootstrap", {}).get("ece_ci")
     ece = f"{m['ece']:.4f}" + (f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
     error = "n/a" if f["error"] is None else f"{f['error']:.2%}"
+    retrieval = result.get("retrieval")
+    similar = (
+        []
+        if retrieval is None
+        else [
+            f"similar cases: precision@{retrieval['k']} of the category {retrieval['precision']:.3f} "
+            f"(random retrieval {retrieval['random']:.3f}), leave-one-out over these images"
+        ]
+    )
     return "\n".join(
         [
             result["title"],
@@ -99,5 +114,6 @@ def format_summary(result: dict[str, Any]) -> str:
             f"finalised without review: {f['coverage']:.1%} ({f['finalised']}), {f['errors']} wrong = {error} "
             f"(upper bound {f['upper_bound']:.2%}), Benign<->Malignant swaps {f['swaps']}",
             f"referral reasons: {result['referral_reasons']}",
+            *similar,
         ]
     )

@@ -115,6 +115,7 @@ class Prediction:
     stain: float = 0.0  # stain-gate Mahalanobis distance (0 for a bundle without the gate)
     stain_ood: bool = False
     finalisation_confidence: float = 0.0  # min(ensemble, Basic) calibrated confidence: what the threshold applies to
+    embedding: np.ndarray | None = None  # (D,) float32 pooled backbone features of the whole image: similar cases
 
 
 def open_session(path: Path, threads: int, model: bytes | None = None) -> ort.InferenceSession:
@@ -299,6 +300,7 @@ class Engine:
             conformal_set=conformal_set,
             low_confidence=sure < threshold,
             finalisation_confidence=sure,
+            embedding=np.asarray(pooled[0], dtype=np.float32).copy(),
             mahalanobis=maha,
             mahalanobis_ood=bool(maha_ood),
             energy=energy,

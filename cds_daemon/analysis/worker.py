@@ -28,6 +28,7 @@ from cds_daemon.analysis.pipeline import (
     not_analysed_record,
     not_analysed_result,
 )
+from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
@@ -209,6 +210,11 @@ class Worker:
             uids = list(self._in_flight)
         return self.store.renew_leases(self.settings.node_id, self.settings.cluster.lease_s, uids)
 
+    def _case_due_at(self) -> str | None:
+        """When this image's case is due for its case SR: the quiet period from now (None: no case SRs)."""
+        reports = self.settings.reports
+        return timestamp_in(reports.case_quiet_s) if reports.case_sr else None
+
     def _claim_lost(self, uid: str) -> None:
         """Our lease ran out and another node took this image over: it reports it (same objects, same UIDs)."""
         log.warning("claim_lost", sop_instance_uid=uid)
@@ -222,7 +228,15 @@ class Worker:
         record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
         audit = not inferred.triage.referred and sampled_for_audit(uid, self.settings.worklist.audit_fraction)
         self.store.record_result(
-            uid, record, outputs, destinations, actor="worker", audit=audit, holder=self.settings.node_id
+            uid,
+            record,
+            outputs,
+            destinations,
+            actor="worker",
+            audit=audit,
+            holder=self.settings.node_id,
+            case_due_at=self._case_due_at(),
+            embedding=None if inferred.prediction.embedding is None else inferred.prediction.embedding.tobytes(),
         )
         pred = inferred.prediction
         INFERENCE_SECONDS.observe(inferred.ms / 1000)
@@ -270,7 +284,14 @@ class Worker:
         destinations = [d.name for d in self.settings.destinations]
         try:
             self.store.record_failure(
-                uid, reason, record, outputs, destinations, actor="worker", holder=self.settings.node_id
+                uid,
+                reason,
+                record,
+                outputs,
+                destinations,
+                actor="worker",
+                holder=self.settings.node_id,
+                case_due_at=self._case_due_at(),
             )
         except LostClaim:
             self._claim_lost(uid)

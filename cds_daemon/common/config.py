@@ -261,6 +261,13 @@ class ReportsSettings(_Section):
         description="when an acknowledged image cannot be analysed (decoding or report building failed), send an "
         "SR that says so and why, besides its 'not analysed' worklist entry",
     )
+    case_sr: bool = Field(True, description="write a case-level SR for each case (a specimen's images)")
+    case_quiet_s: float = Field(
+        600.0,
+        gt=0,
+        description="write the case-level SR once no image of the case has arrived for this long; a later image "
+        "makes its next version",
+    )
 
 
 class HealthSettings(_Section):

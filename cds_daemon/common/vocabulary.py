@@ -51,6 +51,7 @@ class OutputKind(StrEnum):
     SC = "sc"  # Grad-CAM heatmap, Secondary Capture
     KOS = "kos"  # "For Physician Review" Key Object Selection
     REVIEW_SR = "review-sr"  # a reviewer's verified decision
+    CASE_SR = "case-sr"  # the case-level AI result (a specimen's images), TID 1500 Comprehensive SR
 
 
 #: DICOM Series Number of each output kind's series in the source study.
@@ -59,6 +60,7 @@ SERIES_NUMBER: dict[OutputKind, int] = {
     OutputKind.SC: 902,
     OutputKind.KOS: 903,
     OutputKind.REVIEW_SR: 904,
+    OutputKind.CASE_SR: 905,
 }
 
 

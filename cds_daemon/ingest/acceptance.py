@@ -102,6 +102,13 @@ class AcceptedHeader:
     study_instance_uid: str
     series_instance_uid: str
     accession_number: str | None
+    specimen_identifier: str | None = None  # Specimen module: the case a cytopathologist signs out
+    container_identifier: str | None = None  # the slide
+
+
+def _specimen_identifier(ds: Dataset) -> str | None:
+    items = ds.get("SpecimenDescriptionSequence") or []
+    return (str(items[0].get("SpecimenIdentifier", "") or "") or None) if items else None
 
 
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
@@ -228,4 +235,6 @@ def check_dataset(
         study_instance_uid=str(ds.StudyInstanceUID),
         series_instance_uid=str(ds.SeriesInstanceUID),
         accession_number=str(ds.get("AccessionNumber", "")) or None,
+        specimen_identifier=_specimen_identifier(ds),
+        container_identifier=str(ds.get("ContainerIdentifier", "") or "") or None,
     )

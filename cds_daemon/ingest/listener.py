@@ -334,6 +334,8 @@ class Listener:
                     accession_number=header.accession_number,
                     study_instance_uid=header.study_instance_uid,
                     sop_instance_uid=uid,
+                    specimen_identifier=header.specimen_identifier,
+                    container_identifier=header.container_identifier,
                 ),
             ),
             actor=calling,

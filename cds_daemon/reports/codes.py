@@ -5,14 +5,19 @@ schemes. DCM 111147 "Cytologic analysis" is not used as the finding: in PS3.16 i
 CID 6028/6029 (Recommended Follow-up), i.e. it *recommends* a cytology, it does not name what
 was examined. The finding is the thyroid nodule whose aspirate the image shows (SCT 237495005)
 at the thyroid (SCT 69748006); the procedure reported is microscopy (SCT 117259009, CID 8131).
-There are no standard codes for the Bethesda groupings, the triage reasons or the review
-decision: they use the private scheme ``99THYCDS`` (PS3.16 8.2: designators starting "99"
-are local), declared in each object's CodingSchemeIdentificationSequence.
+Benign (Bethesda II) and Malignant (Bethesda VI) are coded with the SNOMED CT values of CID 6063
+"Interventional Procedure Result" (taken from pydicom's copy of PS3.16, not typed by hand). The
+Indeterminate/Suspicious group pools Bethesda I, III, IV and V; CID 6063 codes Bethesda I as
+"Insufficient sample" and has no value for the pool ("Indeterminate result" would misname its
+nondiagnostic and suspicious-for-malignancy members), so it keeps a private code, as do the triage
+reasons, the review decision and our concept names: the private scheme ``99THYCDS`` (PS3.16 8.2:
+designators starting "99" are local), declared in each object's CodingSchemeIdentificationSequence.
 """
 
 from __future__ import annotations
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from cds_daemon.common.vocabulary import DECISIONS, REASONS, ReviewDecision
@@ -34,6 +39,12 @@ RESIDENT = Code("405277009", "SCT", "Resident")
 REVIEWER = Code("C54634", "NCIt", "Reviewer")
 PROBABILITY_UNIT = Code("{probability}", "UCUM", "probability")
 
+#: Model classes with an exact standard code (CID 6063); any other class has a private one.
+STANDARD_CLASS_CODES: dict[str, Code] = {
+    "benign": dicom_codes.SCT.Benign,
+    "malignant": dicom_codes.SCT.Malignant,
+}
+
 # Private concept names.
 CATEGORY = Code("CATEGORY", SCHEME, "Thyroid cytology category")
 AI_CATEGORY = Code("AI-CATEGORY", SCHEME, "AI-suggested thyroid cytology category")
@@ -41,6 +52,8 @@ CONFORMAL_MEMBER = Code("CONFORMAL-SET", SCHEME, "Member of conformal prediction
 REFERRED = Code("REFERRED", SCHEME, "Referred for expert review")
 REFERRAL_REASON = Code("REFERRAL-REASON", SCHEME, "Reason for expert review")
 REVIEW_DECISION = Code("REVIEW-DECISION", SCHEME, "Expert review decision")
+IMAGE_RESULT = Code("IMAGE-RESULT", SCHEME, "AI result of one image of the case")
+AGGREGATION_RULE = Code("CASE-RULE", SCHEME, "How the case result is made from the images")
 
 _SH_MAX = 16
 _LO_MAX = 64
@@ -58,8 +71,10 @@ def _short_value(name: str) -> str:
 
 
 def class_code(cls: str, display_name: str) -> Code:
-    """Private code of one model class, e.g. (MALIGNANT, 99THYCDS, "Malignant (Bethesda VI)")."""
-    return Code(_short_value(cls), SCHEME, _lo(display_name))
+    """Code of one model class: the standard one where it exists, e.g. (21594007, SCT, "Malignant"),
+    else private, e.g. (INDETERMINATE, 99THYCDS, "Indeterminate/Suspicious (Bethesda I, III, IV, V)")."""
+    standard = STANDARD_CLASS_CODES.get(cls)
+    return standard if standard is not None else Code(_short_value(cls), SCHEME, _lo(display_name))
 
 
 def probability_concept(cls: str, display_name: str) -> Code:

@@ -31,6 +31,18 @@ def derived_uid(source_sop_instance_uid: str, model_version: str, kind: str) -> 
     return _uid("result", source_sop_instance_uid, model_version, kind)
 
 
+_CASE = re.compile(r"case-(finding|sr-series|sr:[1-9][0-9]*)")
+
+
+def case_uid(case_key: str, model_version: str, kind: str) -> str:
+    """The UID of a case-level object: "case-sr:<version>", "case-sr-series" or "case-finding"."""
+    if not _CASE.fullmatch(kind):
+        raise ValueError(f"unknown case UID kind {kind!r}")
+    if not case_key or not model_version:
+        raise ValueError("case key and model version are required")
+    return _uid("case", case_key, model_version, kind)
+
+
 def device_uid(manufacturer: str, model_name: str, bundle_sha256: str) -> str:
     """Device UID of one trained model (TID 1004 observer, Contributing Equipment): stable for a bundle, new
     whenever the model is retrained (its bundle hash changes), as IHE AI Results recommends."""

@@ -149,7 +149,8 @@ class ReviewService:
         comment: str | None = None,
         actor: str | None = None,
     ) -> list[Decision]:
-        """Record ``decision`` for the given images of the item (default: every undecided one).
+        """Record ``decision`` for the given images of the item (default: every undecided one). A "change"
+        over several images confirms those whose AI class already is the chosen one.
 
         ``actor`` names the channel in the audit trail when it is not the reviewer's own web session
         (``cli:<os user>`` for the command line).
@@ -169,9 +170,15 @@ class ReviewService:
         unknown = [u for u in targets if u not in item.images]
         if unknown:
             raise ReviewError(f"not in worklist item {item_id}: {', '.join(unknown)}")
-        plans = [(uid, self._final_class(uid, decision, final_class)) for uid in targets]
+        plans = []
+        for uid in targets:
+            chosen = decision
+            if decision == ReviewDecision.CHANGE and len(targets) > 1 and self.ai_result(uid).predicted == final_class:
+                chosen = str(ReviewDecision.CONFIRM)  # "the case is X" confirms the images the AI already called X
+            final = self._final_class(uid, chosen, final_class if chosen == decision else None)
+            plans.append((uid, chosen, final))
         with self._lock:
-            made = [self._decide_one(item, uid, decision, final, comment, user, actor) for uid, final in plans]
+            made = [self._decide_one(item, uid, chosen, final, comment, user, actor) for uid, chosen, final in plans]
         self.on_queued()
         return made
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from cds_daemon.common.clock import timestamp
 from cds_daemon.common.vocabulary import REASONS, ReferralReason
+from cds_daemon.store.cases import CaseReport, CaseStore
 from cds_daemon.store.cluster import ClusterStore
 from cds_daemon.store.database import StoreUnavailable, is_database_url
 from cds_daemon.store.instances import TRANSITIONS, InstanceStore
-from cds_daemon.store.outbox import OutboxStore
 from cds_daemon.store.records import (
     Decision,
     Instance,
@@ -26,12 +26,15 @@ from cds_daemon.store.records import (
     User,
     WorklistItem,
 )
+from cds_daemon.store.similar import Confirmed, SimilarStore
 from cds_daemon.store.statistics import StatisticsStore
 from cds_daemon.store.users import UserStore
 from cds_daemon.store.worklist import WorklistStore
 
 __all__ = [
     "TRANSITIONS",
+    "CaseReport",
+    "Confirmed",
     "Decision",
     "Instance",
     "LostClaim",
@@ -52,7 +55,7 @@ __all__ = [
 AUDIT_PRIORITY = REASONS[ReferralReason.LOW_CONFIDENCE].priority
 
 
-class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStore, ClusterStore):
+class Store(InstanceStore, CaseStore, WorklistStore, UserStore, StatisticsStore, ClusterStore, SimilarStore):
     """All persistent state of the daemon. Thread-safe."""
 
     def record_result(
@@ -65,6 +68,8 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         actor: str,
         audit: bool = False,
         holder: str | None = None,
+        case_due_at: str | None = None,
+        embedding: bytes | None = None,
     ) -> None:
         """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
 
@@ -85,6 +90,9 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 self._worklist_add(db, sop_instance_uid, AUDIT_PRIORITY, actor, audit=True)
             if not destinations:
                 self._audit(db, actor, "no-destinations", sop_instance_uid, None)
+            self._case_touch(db, sop_instance_uid, case_due_at)
+            if embedding is not None:
+                self._save_embedding(db, sop_instance_uid, p.model_sha256, embedding)
 
     def record_decision(
         self,
@@ -177,6 +185,7 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
         *,
         actor: str,
         holder: str | None = None,
+        case_due_at: str | None = None,
     ) -> None:
         """An image the AI could not analyse: ``processing -> failed`` with the reason, its "not analysed"
         prediction and SR in the outbox, and a worklist entry, all or nothing: it never ends silently."""
@@ -187,3 +196,4 @@ class Store(InstanceStore, OutboxStore, WorklistStore, UserStore, StatisticsStor
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
             self._transition(db, sop_instance_uid, "failed", actor, reason, holder=holder)
             self._worklist_add(db, sop_instance_uid, prediction.priority, actor)
+            self._case_touch(db, sop_instance_uid, case_due_at)

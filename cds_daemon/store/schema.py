@@ -199,4 +199,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE worklist_images ADD COLUMN added_seq INTEGER;
     UPDATE worklist_images SET added_seq = rowid;
     """,
+    # The case-level result: when a case (a specimen's images) last changed and is due for its case SR (after
+    # the quiet period; NULL once written), and the version of the last one written (a late image makes the
+    # next version, with the previous as predecessor). Additive: min_reader stays.
+    """
+    CREATE TABLE case_reports (
+        case_key TEXT PRIMARY KEY,
+        due_at TEXT,
+        version INTEGER NOT NULL DEFAULT 0,
+        sr_uid TEXT,
+        images INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX case_reports_due ON case_reports (due_at);
+    """,
+    # The whole image's pooled backbone features, per model: similar reviewer-confirmed cases (float32 bytes).
+    """
+    CREATE TABLE embeddings (
+        sop_instance_uid TEXT PRIMARY KEY REFERENCES instances (sop_instance_uid),
+        model_sha256 TEXT NOT NULL,
+        vector BLOB NOT NULL
+    );
+    CREATE INDEX embeddings_model ON embeddings (model_sha256);
+    """,
 )

@@ -34,6 +34,7 @@ from cds_daemon.review.audit import Alert, check_for
 from cds_daemon.review.auth import LoginThrottle, authenticate
 from cds_daemon.review.jobs import age_text
 from cds_daemon.review.service import ReviewError, ReviewService
+from cds_daemon.review.similar import SimilarIndex
 from cds_daemon.store import Store, WorklistItem
 from cds_daemon.web import imaging, present
 from cds_daemon.web.security import (
@@ -62,6 +63,9 @@ STATUS_FILTERS = {
 }
 
 
+SIMILAR_K = 5  # similar confirmed cases shown beside an image
+
+
 @dataclass
 class WebContext:
     settings: Settings
@@ -72,10 +76,13 @@ class WebContext:
     registry: SessionRegistry = field(init=False)
     throttle: LoginThrottle = field(init=False)
     images: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(24))
+    thumbnails: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
+    similar: SimilarIndex = field(init=False)
     heatmaps: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
 
     def __post_init__(self) -> None:
         self.registry = SessionRegistry(self.store, self.settings.web.session_minutes * 60)
+        self.similar = SimilarIndex(self.store)
         free = self.settings.web.max_failed_logins
         self.throttle = LoginThrottle(free, address_free=4 * free)
 
@@ -277,16 +284,31 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
             and prediction.model_sha256 == ctx.engine_sha
         )
         upcoming = _next_item(ctx, item.id, g.user.username)
+        similar = ctx.similar.neighbours(uid, SIMILAR_K, exclude_case=item.case_key)
         return render_template(
             "case.html",
+            similar=similar,
             item=item,
             panel=panel,
             labels=labels,
             heatmap=heatmap,
             next_item=upcoming,
             thumbs=[(i, u, u in item.decided) for i, u in enumerate(item.images)],
+            others_undecided=sum(1 for u in item.images if u not in item.decided and u != uid),
             age=age_text(item.created_at),
             taken_by_other=taken_by_other,
+        )
+
+    @app.get("/similar/<uid>.png")
+    @login_required
+    def similar_image(uid: str) -> Any:
+        """A reviewer-confirmed image shown as a similar case (no other image is served this way)."""
+        instance = ctx.store.get_instance(uid)
+        if not ctx.similar.is_confirmed(uid) or instance is None or not instance.on_disk:
+            abort(404)
+        _audit(g.user.username, "web:view-similar", uid)
+        return _png(
+            ctx.thumbnails.get_or_make(uid, functools.partial(imaging.thumbnail_png, Path(instance.spool_path)))
         )
 
     @app.post("/case/<int:item_id>/claim")
@@ -325,6 +347,9 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
         item = _item_or_404(ctx, item_id)
         uid = request.form.get("image", "")
         decision, _, final_class = request.form.get("choice", "").partition(":")
+        targets = [uid]
+        if request.form.get("scope") == "case":  # one decision for the specimen: every image still undecided
+            targets += [u for u in item.images if u not in item.decided and u != uid]
         if (
             item.status != "done"
             and item.assignee != g.user.username
@@ -336,7 +361,7 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
                 item.id,
                 decision,
                 g.user.username,
-                images=[uid],
+                images=targets,
                 final_class=final_class or None,
                 comment=request.form.get("comment"),
             )

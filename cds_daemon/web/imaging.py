@@ -115,6 +115,17 @@ def image_png(path: Path) -> bytes:
         return png(np.asarray(card))
 
 
+def thumbnail_png(path: Path, width: int = 256) -> bytes:
+    """A small PNG of the image (similar cases), ``width`` pixels wide."""
+    try:
+        rgb = decode(path).rgb
+    except DecodeError:
+        rgb = np.full((192, 256, 3), 96, dtype=np.uint8)
+    picture = Image.fromarray(rgb)
+    picture.thumbnail((width, width * 4))
+    return png(np.asarray(picture))
+
+
 def heatmap_png(path: Path, engine: Engine) -> bytes:
     """RGBA PNG at a quarter of the image size; the browser stretches it over the image.
 

@@ -155,3 +155,73 @@ def test_reviewer_confirms_in_the_browser_and_the_verified_sr_arrives_in_orthanc
     predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert predecessor.ReferencedSOPInstanceUID == derived_uid(uid, version, "sr")
     assert orthanc.instance_id(predecessor.ReferencedSOPInstanceUID) is not None
+
+
+def _send_fields(daemon: DaemonProcess, out: Path, seed: int, categories: list[str]) -> None:
+    """The fields of one case (one study: ``wrap_image`` derives the study from ``seed``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for n, category in enumerate(categories, start=1):
+        ds = wrap_image(make_field(category, seed + n), "vl-microscopic", "explicit", seed=seed, instance_number=n)
+        files.append(write_dicom(ds, out / f"{n}.dcm"))
+    assert storescu(daemon.port, *files).returncode == 0
+
+
+def _open_items(daemon: DaemonProcess, images: int) -> list[dict[str, object]]:
+    items = json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"]
+    return [i for i in items if len(i["images"]) == images]
+
+
+def test_a_case_decided_at_once_shows_as_similar_confirmed_cases_in_the_next_case(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, browser, tmp_path: Path
+) -> None:
+    """One decision covers a whole case (the "whole case" box); its images then appear, with their category,
+    reviewer and date, as similar confirmed cases on the next case's page."""
+    from selenium.webdriver.common.by import By
+
+    web_port = free_port()
+    daemon = make_daemon(
+        bundle=tiny_bundle,
+        web_port=web_port,
+        extra_config="[triage]\nconfidence_threshold = 1.0\n",  # refer every field: each case reaches the worklist
+    ).start()
+    wait_for_port(web_port, proc=daemon.proc)
+    added = _cli(daemon, "user", "add", "dr.ana", "--full-name", "Smith, Ana", "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    _send_fields(daemon, tmp_path / "a", 5100, ["malignant", "malignant", "benign"])
+    (first,) = wait_until(lambda: _open_items(daemon, 3), 120, "the first case in the worklist")
+
+    d = browser
+    d.get(f"http://127.0.0.1:{web_port}/login")
+    d.find_element(By.ID, "username").send_keys("dr.ana")
+    d.find_element(By.ID, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
+    wait_until(lambda: "/worklist" in d.current_url, 30, "the worklist")
+    d.get(f"http://127.0.0.1:{web_port}/case/{first['id']}")
+    assert "None yet" in d.page_source  # nothing confirmed so far
+    d.find_element(By.ID, "scope-case").click()
+    d.find_element(By.ID, "btn-confirm").click()
+    wait_until(lambda: "Case complete" in d.page_source, 30, "the case-wide decision")
+    decided = json.loads(_cli(daemon, "worklist", "list", "--json", "--status", "done").stdout)["items"]
+    assert [i["status"] for i in decided if i["id"] == first["id"]] == ["done"]
+
+    _send_fields(daemon, tmp_path / "b", 6100, ["malignant"])
+    (second,) = wait_until(lambda: _open_items(daemon, 1), 120, "the second case in the worklist")
+    d.get(f"http://127.0.0.1:{web_port}/case/{second['id']}")
+    neighbours = d.find_elements(By.CSS_SELECTOR, ".similar-list li")
+    assert len(neighbours) == 3  # every image of the confirmed case, none of this one
+    for li in neighbours:
+        assert "dr.ana" in li.text and li.find_element(By.CSS_SELECTOR, ".cls").text
+    thumbs = ".similar-list img"
+    wait_until(
+        lambda: d.execute_script(
+            f"return Array.from(document.querySelectorAll('{thumbs}')).every(i => i.complete && i.naturalWidth > 0)"
+        ),
+        30,
+        "the thumbnails",
+    )
+    d.execute_script("document.querySelector('.similar').scrollIntoView()")
+    shot = tmp_path / "review_similar_cases.png"
+    d.save_screenshot(str(shot))
+    if os.environ.get("CDS_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "review_similar_cases.png")

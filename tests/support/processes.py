@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -22,10 +23,19 @@ DAEMON_AE = "THYROID_CDS"
 SENDER_AE = "STORESCU"
 
 
+_ISSUED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never one this test process handed out before: a daemon's
+    DICOM, health and web ports must differ, or a test would talk to the wrong server."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
@@ -159,7 +169,27 @@ class DaemonProcess:
         log.close()
         self.starts += 1
         wait_for_port(self.port, proc=self.proc)
+        self._wait_listening()
         return self
+
+    def _wait_listening(self, timeout: float = 20.0) -> None:
+        """The port answering is not enough (another server could hold it): wait for this start's
+        ``listener_started`` line, so a daemon that failed to start is reported as such."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            started = []
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if '"listener_started"' in line:
+                    with contextlib.suppress(json.JSONDecodeError):  # a line still being written
+                        started.append(json.loads(line))
+            if len(started) >= self.starts and started[-1].get("port") == self.port:
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"daemon exited with {self.proc.returncode} during start:\n{tail}")
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon did not report listening on {self.port} after {timeout} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None

@@ -40,7 +40,15 @@ def receive_and_process(store: Store, settings: Settings, engine: Engine, pixels
         assert instance is not None
         processed = process_image(Path(instance.spool_path), engine, settings)  # what the worker's stages run
         outputs = write_objects(results, processed.objects)
-        store.record_result(uid, prediction_record(processed), outputs, destinations, actor="worker")
+        embedding = processed.prediction.embedding
+        store.record_result(
+            uid,
+            prediction_record(processed),
+            outputs,
+            destinations,
+            actor="worker",
+            embedding=None if embedding is None else embedding.tobytes(),
+        )
         uids.append(uid)
     return uids
 

@@ -90,17 +90,18 @@ def test_ai_sr_passes_dciodvfy_and_dsrdump(kind: str, tmp_path: Path) -> None:
     assert_valid(sr, tmp_path, kind)
     dump = dsrdump(sr, tmp_path)
     assert "Thyroid cytology category" in dump
-    assert "(MALIGNANT,99THYCDS" in dump
+    assert '(21594007,SCT,"Malignant")' in dump  # standard code (CID 6063) where one exists
+    assert "(INDETERMINATE,99THYCDS" in dump  # the conformal set's other member: a private one
 
 
 def test_ai_sr_reads_back_with_highdicom(source: Dataset, ai_sr: Dataset, tmp_path: Path) -> None:
     group = group_of(ai_sr, tmp_path)
     result = make_result()
-    assert evaluations(group, codes.CATEGORY) == ["MALIGNANT"]
+    assert evaluations(group, codes.CATEGORY) == ["21594007"]
     assert evaluations(group, codes.REFERRED) == [codes.YES.value]
     assert evaluations(group, codes.REFERRAL_REASON) == ["CONFORMAL", "LOW-CONFIDENCE", "Q-BLUR"]
     assert texts(group, codes.REFERRAL_REASON) == list(result.reason_texts)
-    assert evaluations(group, codes.CONFORMAL_MEMBER) == ["INDETERMINATE", "MALIGNANT"]
+    assert evaluations(group, codes.CONFORMAL_MEMBER) == ["INDETERMINATE", "21594007"]
 
     probs = []
     for cls, display in zip(CLASSES, result.display_names, strict=True):
@@ -180,7 +181,7 @@ def test_minimal_source_gets_empty_type2_attributes(tmp_path: Path) -> None:
 def test_not_referred_result(source: Dataset, tmp_path: Path) -> None:
     result = make_result(predicted="benign", probabilities=(0.97, 0.02, 0.01), referred=False)
     group = group_of(build_ai_sr(source, result), tmp_path)
-    assert evaluations(group, codes.CATEGORY) == ["BENIGN"]
+    assert evaluations(group, codes.CATEGORY) == ["30807003"]
     assert evaluations(group, codes.REFERRED) == [codes.NO.value]
     assert evaluations(group, codes.REFERRAL_REASON) == []
     assert texts(group, codes.REFERRAL_REASON) == []
@@ -249,7 +250,7 @@ def test_review_sr_content_and_header(source: Dataset, ai_sr: Dataset, tmp_path:
     group = group_of(sr, tmp_path)
     assert evaluations(group, codes.REVIEW_DECISION) == ["CHANGE"]
     assert evaluations(group, codes.CATEGORY) == ["INDETERMINATE"]
-    assert evaluations(group, codes.AI_CATEGORY) == ["MALIGNANT"]
+    assert evaluations(group, codes.AI_CATEGORY) == ["21594007"]
     assert texts(group, codes.COMMENT) == ["Follicular lesion of undetermined significance; repeat FNA."]
     assert group.tracking_uid == group_of(ai_sr, tmp_path).tracking_uid
 
@@ -261,7 +262,7 @@ def test_review_sr_content_and_header(source: Dataset, ai_sr: Dataset, tmp_path:
 
 def test_review_sr_confirm_and_non_diagnostic(source: Dataset, ai_sr: Dataset, tmp_path: Path) -> None:
     confirm = group_of(review(source, ai_sr, decision="confirm", final_class=None, comment=None), tmp_path)
-    assert evaluations(confirm, codes.CATEGORY) == ["MALIGNANT"]
+    assert evaluations(confirm, codes.CATEGORY) == ["21594007"]
     assert texts(confirm, codes.COMMENT) == []
     nondx = group_of(review(source, ai_sr, decision="non_diagnostic", final_class=None), tmp_path)
     assert evaluations(nondx, codes.REVIEW_DECISION) == ["NON-DIAGNOSTIC"]

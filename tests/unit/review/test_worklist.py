@@ -143,6 +143,20 @@ def test_default_images_are_the_undecided_ones_and_the_case_closes(setup: tuple[
     assert (store.agreement()["decisions"], store.agreement()["overrides"]) == (2, 0)  # the latest decision counts
 
 
+def test_a_case_wide_change_confirms_the_images_already_in_that_class(
+    setup: tuple[Settings, Store, WorklistItem],
+) -> None:
+    settings, store, item = setup
+    review = ReviewService(settings, store)
+    ai_first = review.ai_result(item.images[0]).predicted
+    assert ai_first is not None
+    made = review.decide(item.id, "change", "dr.ana", final_class=ai_first)  # "the whole case is <first's class>"
+    assert [d.final_class for d in made] == [ai_first] * len(item.images)
+    expected = ["confirm" if review.ai_result(u).predicted == ai_first else "change" for u in item.images]
+    assert [d.decision for d in made] == expected
+    assert store.worklist_get(item.id).status == "done"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("decision", "reviewer", "final_class", "message"),
     [

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from flask import Flask
@@ -21,6 +22,7 @@ from cds_daemon.common.config import Settings
 from cds_daemon.common.vocabulary import OutputKind
 from cds_daemon.review.auth import add_user
 from cds_daemon.review.service import ReviewService
+from cds_daemon.review.similar import SimilarIndex
 from cds_daemon.store import Store, WorklistItem
 from cds_daemon.web.app import WebContext, create_app
 from cds_daemon.web.imaging import read_header
@@ -242,6 +244,28 @@ def test_decisions_from_the_page_reach_the_outbox_as_verified_srs(site: Site) ->
     assert site.actions().count("decision:change") == 1 and site.actions().count("decision:confirm") == 1
 
 
+def test_one_decision_in_the_worklist_can_cover_the_whole_case(site: Site) -> None:
+    c = site.client()
+    login(c, "dr.ana")
+    item = site.item
+    first, second = item.images
+    page = c.get(f"/case/{item.id}?image={first}").get_data(as_text=True)
+    assert 'name="scope" value="case"' in page and "1 other undecided image" in page
+    rsp = c.post(
+        f"/case/{item.id}/decide",
+        data={"image": first, "choice": "non_diagnostic", "scope": "case", "csrf_token": token(page)},
+    )
+    assert rsp.status_code == 302 and rsp.headers["Location"] == "/worklist"
+    decisions = site.store.decisions(item.id)
+    assert sorted(d.sop_instance_uid for d in decisions) == sorted(item.images)
+    assert {d.decision for d in decisions} == {"non_diagnostic"}
+    assert site.store.worklist_get(item.id).status == "done"  # type: ignore[union-attr]
+    for uid in (first, second):
+        assert [o for o in site.store.outbox_items(uid) if o.kind == OutputKind.REVIEW_SR]
+    page = c.get(f"/case/{item.id}?image={second}").get_data(as_text=True)
+    assert 'name="scope"' not in page  # nothing left for a case-wide decision to cover
+
+
 def test_no_patient_identifier_in_log_lines(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     header = read_header(site.store.get_instance(site.item.images[0]).spool_path)  # type: ignore[union-attr]
     c = site.client()
@@ -283,3 +307,39 @@ def test_a_login_on_one_node_is_valid_on_another(site: Site, engine: Engine) -> 
     assert elsewhere.post("/logout", data={"csrf_token": token(page.get_data(as_text=True))}).status_code == 302
     assert c.get("/worklist").status_code == 302  # logged out on one node: out on every node
     other_store.close()
+
+
+def test_case_view_shows_similar_confirmed_cases(site: Site, engine: Engine) -> None:
+    """After reviewers confirm or correct cases, a near copy of one of them finds it first, with its category."""
+    from dicom_fixtures.synth import make_field
+    from tests.support.review_case import receive_and_process
+
+    def case_of(uid: str) -> WorklistItem:
+        found = [i for i in site.store.worklist() if uid in i.images]
+        assert found, "the barely trained test model refers every image"
+        return found[0]
+
+    review = ReviewService(site.settings, site.store)
+    confirmed = {}
+    for seed, label in ((701, "benign"), (702, "malignant"), (703, "indeterminate")):
+        (uid,) = receive_and_process(site.store, site.settings, engine, [make_field(label, seed=seed)], seed)
+        ai = review.ai_result(uid).predicted
+        final = None if ai == label else label
+        review.decide(case_of(uid).id, "confirm" if final is None else "change", "dr.ana", final_class=final)
+        confirmed[label] = uid
+    near = np.roll(make_field("malignant", seed=702), 3, axis=1)  # the same smear, moved three pixels
+    (query,) = receive_and_process(site.store, site.settings, engine, [near], 704)
+    neighbours = SimilarIndex(site.store).neighbours(query, 5)
+    assert [n.final_class for n in neighbours][:1] == ["malignant"]
+    assert neighbours[0].sop_instance_uid == confirmed["malignant"] and neighbours[0].reviewer == "dr.ana"
+    assert len(neighbours) == 3
+
+    c = site.client()
+    login(c, "dr.ana")
+    html = c.get(f"/case/{case_of(query).id}?image={query}").get_data(as_text=True)
+    assert "Similar confirmed cases" in html
+    assert html.index(f"/similar/{confirmed['malignant']}.png") < html.index(f"/similar/{confirmed['benign']}.png")
+    thumb = c.get(f"/similar/{confirmed['malignant']}.png")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/png"
+    assert c.get(f"/similar/{query}.png").status_code == 404  # only reviewer-confirmed images are served
+    assert "web:view-similar" in site.actions()
