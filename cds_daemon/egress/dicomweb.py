@@ -16,11 +16,29 @@ from typing import Any
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from requests.adapters import HTTPAdapter
 
 from cds_daemon.common.config import Destination
 from cds_daemon.egress.peers import EchoResult
 from cds_daemon.egress.results import SendOutcome
 from cds_daemon.store import OutboxItem
+
+
+class _PinnedCA(HTTPAdapter):
+    """https verified against our CA file and nothing else.
+
+    ``Session.verify`` is not enough: requests replaces it with ``$REQUESTS_CA_BUNDLE`` (or
+    ``$CURL_CA_BUNDLE``) whenever the request itself sets no ``verify``, which is how dicomweb-client
+    calls it. On a host with that variable set, a configured ``tls.ca_file`` would be silently ignored.
+    """
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self._ca_file = ca_file
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs["verify"] = self._ca_file
+        return super().send(request, **kwargs)
 
 
 def _session(destination: Destination) -> requests.Session:
@@ -34,6 +52,7 @@ def _session(destination: Destination) -> requests.Session:
     tls = destination.tls
     if tls.enabled:
         session.verify = str(tls.ca_file)
+        session.mount("https://", _PinnedCA(str(tls.ca_file)))
         if tls.cert_file is not None and tls.key_file is not None:
             session.cert = (str(tls.cert_file), str(tls.key_file))
     return session
@@ -41,7 +60,11 @@ def _session(destination: Destination) -> requests.Session:
 
 def _client(destination: Destination, timeout_s: float) -> DICOMwebClient:
     assert destination.url is not None  # validated for kind = "dicomweb"
-    return DICOMwebClient(url=destination.url.rstrip("/"), session=_session(destination), timeout=timeout_s)
+    client = DICOMwebClient(url=destination.url.rstrip("/"), session=_session(destination), timeout=timeout_s)
+    # One attempt per call: the outbox's backoff and dead letter are the retry policy. dicomweb-client's own
+    # (up to 5 attempts, on any exception too) would hold the egress thread ~15 s per unreachable archive.
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def _uids(response: pydicom.Dataset, keyword: str) -> dict[str, str]:
