@@ -80,13 +80,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from model_build.demo import demo_bundle, make_tiny_bundle
+    from model_build.demo import DEMO_PER_CLASS, demo_bundle, make_tiny_bundle
 
     t0 = time.perf_counter()
     if args.tiny:
         bundle = make_tiny_bundle(args.out, seed=args.seed)
     else:
-        bundle = demo_bundle(args.out, seed=args.seed, n_per_class=args.n_per_class, epochs=args.epochs)
+        n_per_class = DEMO_PER_CLASS if args.n_per_class is None else args.n_per_class
+        bundle = demo_bundle(args.out, seed=args.seed, n_per_class=n_per_class, epochs=args.epochs)
     print(f"demo bundle: {bundle} (total {time.perf_counter() - t0:.0f} s)")
     return 0
 
@@ -173,6 +174,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("out", type=Path, metavar="OUT", help="the bundle directory to write")
     p.add_argument("--tiny", action="store_true", help="a barely trained bundle in under a minute (tests, fast demo)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--n-per-class", type=int, default=200, help="synthetic fields per class (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum Basic epochs (default: 6, time-budgeted)")
+    p.add_argument(
+        "--n-per-class", type=int, default=None, help="synthetic fields per class (default: 600, the demo's)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="maximum Basic epochs (default: 30, cut by time budget and patience)"
+    )
     p.set_defaults(handler=_demo)
