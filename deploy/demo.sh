@@ -30,7 +30,8 @@ export CDS_MODEL_BUNDLE=$BUNDLE
 if [ -z "${CDS_TRIAGE__RISK_ALPHA:-}" ]; then
   if ! $PY -c "import json,sys; f=json.load(open('$BUNDLE/manifest.json')).get('finalisation') or {}; sys.exit(f.get('threshold') is None)"; then
     echo "demo: at alpha 0.02 this bundle finalises nothing (its calibration split cannot bound the error that low);"
-    echo "      the demo runs with triage.risk_alpha = 0.05 to show finalised cases. Never do this in clinical use."
+    echo "      the demo runs with triage.risk_alpha = 0.05, where it may finalise some (the status below says whether)."
+    echo "      Never do this in clinical use."
     export CDS_TRIAGE__RISK_ALPHA=0.05
   fi
 fi
