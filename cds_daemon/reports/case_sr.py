@@ -27,14 +27,10 @@ from cds_daemon.reports.observer import device_observer
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.source import (
     DEFAULT_MANUFACTURER,
-    character_set,
-    contributing_equipment,
-    equipment,
     evidence_of,
-    now,
     series_description,
 )
-from cds_daemon.reports.sr import specimen_context
+from cds_daemon.reports.sr import preliminary_sr, specimen_context
 from cds_daemon.reports.uids import case_uid, derived_uid
 
 #: Severity order of the management groups (the case category is the worst present).
@@ -146,27 +142,17 @@ def build_case_sr(
         procedure_reported=codes.MICROSCOPY,
         imaging_measurements=[group],
     )
-    created = now()
     previous = [_previous_stub(first, case_key, model.model_version, version - 1)] if version > 1 else None
-    sr = hd.sr.ComprehensiveSR(
+    return preliminary_sr(
+        first,
+        model,
+        manufacturer,
         evidence=[evidence_of(m.header) for m in members] + stubs,
         content=report[0],
         series_instance_uid=case_uid(case_key, model.model_version, "case-sr-series"),
         series_number=SERIES_NUMBER[OutputKind.CASE_SR],
         sop_instance_uid=case_uid(case_key, model.model_version, f"case-sr:{version}"),
         instance_number=version,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
         previous_versions=previous,
         series_description=series_description("AI case result", model, "PRELIMINARY"),
-        coding_schemes=[codes.coding_scheme(manufacturer)],
-        specific_character_set=character_set(first, model, manufacturer),
-        content_date=created.date(),
-        content_time=created.time(),
-        series_date=created.date(),
-        series_time=created.time(),
-        **equipment(model, manufacturer),
     )
-    sr.ContributingEquipmentSequence = [contributing_equipment(model, manufacturer)]
-    return sr

@@ -10,6 +10,7 @@ line up the AI's and the expert's category.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import highdicom as hd
 from pydicom import Dataset
@@ -137,29 +138,40 @@ def build_ai_sr(
         procedure_reported=codes.MICROSCOPY,
         imaging_measurements=[_ai_group(header, result, manufacturer)],
     )
-    created = now()
-    sr = hd.sr.ComprehensiveSR(
+    return preliminary_sr(
+        header,
+        result,
+        manufacturer,
         evidence=[header],
         content=report[0],
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
         series_number=SERIES_NUMBER[OutputKind.SR],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr"),
         instance_number=1,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
         series_description=series_description(
             "AI cytology result" if result.analysed else "AI not analysed", result, "PRELIMINARY"
         ),
+    )
+
+
+def preliminary_sr(source: Dataset, model: AIResult, manufacturer: str, **fields: Any) -> Dataset:
+    """A Comprehensive SR the AI authors (image or case result): complete, PRELIMINARY and UNVERIFIED, dated
+    now, declaring our coding scheme, with the equipment and Contributing Equipment of this model."""
+    created = now()
+    sr = hd.sr.ComprehensiveSR(
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
         coding_schemes=[codes.coding_scheme(manufacturer)],
-        specific_character_set=character_set(header, result, manufacturer),
+        specific_character_set=character_set(source, model, manufacturer),
         content_date=created.date(),
         content_time=created.time(),
         series_date=created.date(),
         series_time=created.time(),
-        **equipment(result, manufacturer),
+        **equipment(model, manufacturer),
+        **fields,
     )
-    sr.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
+    sr.ContributingEquipmentSequence = [contributing_equipment(model, manufacturer)]
     return sr
 
 
