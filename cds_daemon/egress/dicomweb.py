@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 
 from cds_daemon.common.config import Destination
 from cds_daemon.egress.peers import EchoResult
-from cds_daemon.egress.results import SendOutcome
+from cds_daemon.egress.results import SendOutcome, read_batch
 from cds_daemon.store import OutboxItem
 
 
@@ -79,13 +79,7 @@ def _uids(response: pydicom.Dataset, keyword: str) -> dict[str, str]:
 
 def stow_batch(destination: Destination, items: list[OutboxItem], *, timeout_s: float) -> list[SendOutcome]:
     """Store ``items`` with one STOW-RS request; never raises for network or server problems."""
-    outcomes: list[SendOutcome] = []
-    datasets: dict[int, pydicom.Dataset] = {}
-    for item in items:
-        try:
-            datasets[item.id] = pydicom.dcmread(item.path)
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
-            outcomes.append(SendOutcome(item.id, False, f"cannot read {item.path}: {exc}"))
+    datasets, outcomes = read_batch(items)
     if not datasets:
         return outcomes
     try:

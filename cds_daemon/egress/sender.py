@@ -37,7 +37,7 @@ from cds_daemon.egress.commitment import (
 )
 from cds_daemon.egress.dicomweb import stow_batch
 from cds_daemon.egress.peers import associate
-from cds_daemon.egress.results import SendOutcome
+from cds_daemon.egress.results import SendOutcome, read_batch
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.store import OutboxItem, Store
 
@@ -80,13 +80,7 @@ def send_batch(
     With the destination's ``storage_commitment`` the second value is the commitment request
     for the objects that were stored (None when nothing was).
     """
-    datasets: dict[int, pydicom.Dataset] = {}
-    outcomes: list[SendOutcome] = []
-    for item in items:
-        try:
-            datasets[item.id] = pydicom.dcmread(item.path)
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
-            outcomes.append(SendOutcome(item.id, False, f"cannot read {item.path}: {exc}"))
+    datasets, outcomes = read_batch(items)
     if not datasets:
         return outcomes, None
     contexts: list[tuple[str, str | None]] = []

@@ -27,22 +27,28 @@ pytestmark = pytest.mark.integration
 FAST_EGRESS = "[egress]\nretry_base_s = 0.3\nretry_max_s = 1.0\npoll_s = 0.5\ntimeout_s = 5\n"
 
 
-def _node(
+@pytest.fixture
+def node(
     make_daemon: Callable[..., DaemonProcess],
-    name: str,
-    url: str,
-    shared: Path,
-    bundle: Path,
-    pacs: OrthancProcess,
-) -> DaemonProcess:
-    return make_daemon(
-        bundle=bundle,
-        destinations=[("pacs", "ORTHANC", pacs.dicom_port)],
-        extra_config=FAST_EGRESS,
-        shared_data=shared,
-        database_url=url,
-        node_id=name,
-    )
+    postgres: PostgresServer,
+    orthanc: OrthancProcess,
+    tiny_bundle: Path,
+    tmp_path: Path,
+) -> Callable[[str], DaemonProcess]:
+    """``node(name)``: a daemon (not started) of this test's cluster: one new database, one shared data dir."""
+    url, shared = postgres.new_database(), tmp_path / "shared"
+
+    def make(name: str) -> DaemonProcess:
+        return make_daemon(
+            bundle=tiny_bundle,
+            destinations=[("pacs", "ORTHANC", orthanc.dicom_port)],
+            extra_config=FAST_EGRESS,
+            shared_data=shared,
+            database_url=url,
+            node_id=name,
+        )
+
+    return make
 
 
 def _status(d: DaemonProcess) -> dict:
@@ -74,15 +80,10 @@ def _send_one_by_one(port_of: Callable[[int], int], files: list[Path], acknowled
 
 
 def test_chaos_a_node_killed_mid_burst_loses_and_duplicates_nothing(
-    make_daemon: Callable[..., DaemonProcess],
-    postgres: PostgresServer,
-    orthanc: OrthancProcess,
-    tiny_bundle: Path,
-    tmp_path: Path,
+    node: Callable[[str], DaemonProcess], orthanc: OrthancProcess, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    url, shared = postgres.new_database(), tmp_path / "shared"
-    a = _node(make_daemon, "node-a", url, shared, tiny_bundle, orthanc).start()
-    b = _node(make_daemon, "node-b", url, shared, tiny_bundle, orthanc).start()
+    a = node("node-a").start()
+    b = node("node-b").start()
     version = read_manifest(tiny_bundle).version
     acknowledged: list[str] = []
     for burst in range(3):
@@ -103,25 +104,21 @@ def test_chaos_a_node_killed_mid_burst_loses_and_duplicates_nothing(
 
 
 def test_a_dead_nodes_claims_are_finished_by_another_after_the_lease(
-    make_daemon: Callable[..., DaemonProcess],
-    postgres: PostgresServer,
-    orthanc: OrthancProcess,
-    tiny_bundle: Path,
-    tmp_path: Path,
+    node: Callable[[str], DaemonProcess], orthanc: OrthancProcess, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    url, shared = postgres.new_database(), tmp_path / "shared"
-    a = _node(make_daemon, "node-a", url, shared, tiny_bundle, orthanc).start()
+    a = node("node-a").start()
     files = write_images(tmp_path / "in", 10, seed=4500)
     assert storescu(a.port, *files).returncode == 0
     wait_until(lambda: _status(a)["instances"]["processing"] > 0, 60, "node-a holding claims")
     a.kill()
     held = next(n for n in _status(a)["nodes"] if n["node_id"] == "node-a")["claims"]
     assert held.get("instances", 0) > 0
-    b = _node(make_daemon, "node-b", url, shared, tiny_bundle, orthanc).start()
+    b = node("node-b").start()
     _all_delivered_once(b, orthanc, [_uid(f) for f in files], read_manifest(tiny_bundle).version)
     import psycopg
 
-    with psycopg.connect(url) as conn:
+    assert b.database_url is not None
+    with psycopg.connect(b.database_url) as conn:
         taken = conn.execute(
             "SELECT COUNT(*) FROM audit WHERE action = 'state:processing->processing' AND actor = 'worker'"
         ).fetchone()
@@ -129,14 +126,13 @@ def test_a_dead_nodes_claims_are_finished_by_another_after_the_lease(
 
 
 def test_database_restart_refuses_then_resumes(
-    make_daemon: Callable[..., DaemonProcess],
+    node: Callable[[str], DaemonProcess],
     postgres: PostgresServer,
     orthanc: OrthancProcess,
     tiny_bundle: Path,
     tmp_path: Path,
 ) -> None:
-    url, shared = postgres.new_database(), tmp_path / "shared"
-    a = _node(make_daemon, "node-a", url, shared, tiny_bundle, orthanc).start()
+    a = node("node-a").start()
     before = write_images(tmp_path / "before", 3, seed=4600)
     assert storescu(a.port, *before).returncode == 0
     postgres.stop()
@@ -156,15 +152,8 @@ def test_database_restart_refuses_then_resumes(
     assert any(e["event"] == "store_unavailable" for e in a.log_events())
 
 
-def test_once_per_cluster_jobs_run_on_one_node(
-    make_daemon: Callable[..., DaemonProcess],
-    postgres: PostgresServer,
-    orthanc: OrthancProcess,
-    tiny_bundle: Path,
-    tmp_path: Path,
-) -> None:
-    url, shared = postgres.new_database(), tmp_path / "shared"
-    nodes = [_node(make_daemon, f"node-{n}", url, shared, tiny_bundle, orthanc).start() for n in "ab"]
+def test_once_per_cluster_jobs_run_on_one_node(node: Callable[[str], DaemonProcess]) -> None:
+    nodes = [node(f"node-{n}").start() for n in "ab"]
     wait_until(lambda: len(_status(nodes[0])["nodes"]) == 2, 30, "both nodes registered")
     time.sleep(3)
     for job in ("retention", "worklist-escalation"):
