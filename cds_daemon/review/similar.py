@@ -29,23 +29,37 @@ class Neighbour:
     similarity: float
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """The confirmed images of one model as of decision ``version``, their features centred and unit-length
+    once here rather than at every query."""
+
+    version: int
+    rows: list[Confirmed]
+    uids: frozenset[str]
+    centre: np.ndarray  # (D,)
+    unit: np.ndarray  # (N, D)
+
+
 class SimilarIndex:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[int, list[Confirmed], np.ndarray]] = {}  # model -> (version, rows, unit matrix)
+        self._cache: dict[str, _Loaded] = {}  # model hash -> its confirmed images
 
-    def _load(self, model_sha256: str) -> tuple[list[Confirmed], np.ndarray]:
+    def _load(self, model_sha256: str) -> _Loaded:
         version = self.store.confirmed_version()
         with self._lock:
             cached = self._cache.get(model_sha256)
-            if cached is not None and cached[0] == version:
-                return cached[1], cached[2]
+        if cached is not None and cached.version == version:
+            return cached
         rows = self.store.confirmed(model_sha256)
         matrix = np.stack([np.frombuffer(r.vector, dtype=np.float32) for r in rows]) if rows else np.zeros((0, 1))
+        centre = centre_of(matrix)
+        loaded = _Loaded(version, rows, frozenset(r.sop_instance_uid for r in rows), centre, _unit(matrix - centre))
         with self._lock:
-            self._cache[model_sha256] = (version, rows, matrix)
-        return rows, matrix
+            self._cache[model_sha256] = loaded
+        return loaded
 
     def neighbours(self, sop_instance_uid: str, k: int = 5, *, exclude_case: str | None = None) -> list[Neighbour]:
         """The ``k`` confirmed images most similar to this one (itself and its own case left out)."""
@@ -53,16 +67,14 @@ class SimilarIndex:
         if found is None:
             return []
         model, vector = found
-        rows, matrix = self._load(model)
-        if not rows:
-            return []
+        index = self._load(model)
         query = np.frombuffer(vector, dtype=np.float32)
-        if matrix.shape[1] != query.shape[0]:
+        if not index.rows or index.unit.shape[1] != query.shape[0]:
             return []
-        scores = similarities(matrix, query)
+        scores = index.unit @ _unit((query - index.centre)[None, :])[0]
         out: list[Neighbour] = []
         for i in np.argsort(-scores):
-            row = rows[int(i)]
+            row = index.rows[int(i)]
             if row.sop_instance_uid == sop_instance_uid or (exclude_case and row.case_key == exclude_case):
                 continue
             out.append(Neighbour(row.sop_instance_uid, row.final_class, row.reviewer, row.decided_at, float(scores[i])))
@@ -73,13 +85,17 @@ class SimilarIndex:
     def is_confirmed(self, sop_instance_uid: str) -> bool:
         """Whether an image is one the index may show (a reviewer's category, features on file)."""
         found = self.store.embedding(sop_instance_uid)
-        return found is not None and any(r.sop_instance_uid == sop_instance_uid for r in self._load(found[0])[0])
+        return found is not None and sop_instance_uid in self._load(found[0]).uids
+
+
+def centre_of(matrix: np.ndarray) -> np.ndarray:
+    """The rows' mean, taken out before the cosine (with a single row there is no mean to take out)."""
+    return matrix.mean(axis=0) if matrix.shape[0] > 1 else np.zeros(matrix.shape[1], dtype=np.float32)
 
 
 def similarities(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine similarity of ``query`` (D,) to each row of ``matrix`` (N, D), both centred on the rows' mean
-    (with a single row there is no mean to take out: plain cosine)."""
-    centre = matrix.mean(axis=0) if matrix.shape[0] > 1 else np.zeros(matrix.shape[1], dtype=np.float32)
+    """Cosine similarity of ``query`` (D,) to each row of ``matrix`` (N, D), both centred on the rows' mean."""
+    centre = centre_of(matrix)
     return np.asarray(_unit(matrix - centre) @ _unit((query - centre)[None, :])[0])
 
 
