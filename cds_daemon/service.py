@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -138,37 +138,16 @@ class Service:
             self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
             self.worker.start()
         self._add_worklist_jobs()
-        quiet = s.reports.case_quiet_s
         if s.reports.case_sr and s.model_bundle is not None:
             from cds_daemon.review.case_reports import write_due_case_reports
 
-            every = max(0.5, min(15.0, quiet / 4))
-            self.scheduler.add_job(
-                self._once,
-                "interval",
-                args=(
-                    "case-reports",
-                    every,
-                    functools.partial(write_due_case_reports, on_queued=self.wake_egress),
-                    self.store,
-                    s,
-                ),
-                seconds=every,
-                id="case-reports",
-                max_instances=1,
-                coalesce=True,
-            )
+            every = max(0.5, min(15.0, s.reports.case_quiet_s / 4))
+            job = functools.partial(write_due_case_reports, on_queued=self.wake_egress)
+            self._cluster_job("case-reports", every, job, self.store, s, seconds=every)
         if self.worker is None:
             self.scheduler.add_job(self.watchdog, "interval", seconds=5, id="watchdog")
         if s.storage.retention_days is not None:
-            self.scheduler.add_job(
-                self._once,
-                "interval",
-                args=("retention", 3600, self.retention),
-                hours=1,
-                id="retention",
-                next_run_time=datetime.now(UTC),
-            )
+            self._cluster_job("retention", 3600, self.retention, hours=1, next_run_time=datetime.now(UTC))
         self.scheduler.start()
         if s.health.enabled:
             REGISTRY.register(self._collector)
@@ -192,29 +171,17 @@ class Service:
         from cds_daemon.review.jobs import escalate_overdue, log_daily_summary
 
         w = self.settings.worklist
-        self.scheduler.add_job(
-            self._once,
-            "interval",
-            args=(
-                "worklist-escalation",
-                w.escalation_check_minutes * 60,
-                escalate_overdue,
-                self.store,
-                w.escalate_after_hours,
-            ),
+        self._cluster_job(
+            "worklist-escalation",
+            w.escalation_check_minutes * 60,
+            escalate_overdue,
+            self.store,
+            w.escalate_after_hours,
             minutes=w.escalation_check_minutes,
-            id="worklist-escalation",
             next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
         )
-        self.scheduler.add_job(
-            self._once,
-            "cron",
-            args=("worklist-summary", 86400, log_daily_summary, self.store),
-            hour=w.summary_hour_utc,
-            id="worklist-summary",
-            coalesce=True,
+        self._cluster_job(
+            "worklist-summary", 86400, log_daily_summary, self.store, trigger="cron", hour=w.summary_hour_utc
         )
         self.scheduler.add_job(
             self.monitor,
@@ -224,6 +191,20 @@ class Service:
             next_run_time=datetime.now(UTC),
             max_instances=1,
             coalesce=True,
+        )
+
+    def _cluster_job(
+        self,
+        name: str,
+        every_s: float,
+        job: Callable[..., object],
+        *args: object,
+        trigger: str = "interval",
+        **when: Any,
+    ) -> None:
+        """Schedule ``job`` to run on one node of the cluster per ``every_s`` (see ``_once``)."""
+        self.scheduler.add_job(
+            self._once, trigger, args=(name, every_s, job, *args), id=name, max_instances=1, coalesce=True, **when
         )
 
     def _once(self, name: str, every_s: float, job: Callable[..., object], *args: object) -> bool:
