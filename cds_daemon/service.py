@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -19,10 +20,18 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from cds_daemon.common.clock import timestamp, timestamp_in
 from cds_daemon.common.config import Settings
 from cds_daemon.common.version import software_version
+from cds_daemon.common.vocabulary import TriageMode
 from cds_daemon.ingest.listener import Listener
 from cds_daemon.ops.health import HealthServer
 from cds_daemon.ops.logs import get_logger
-from cds_daemon.ops.metrics import AUDIT_UPPER_BOUND, MONITOR_ALERT, REGISTRY, StoreCollector
+from cds_daemon.ops.metrics import (
+    AUDIT_UPPER_BOUND,
+    MONITOR_ALERT,
+    REGISTRY,
+    TRIAGE_FALLBACKS,
+    TRIAGE_FINALISING,
+    StoreCollector,
+)
 from cds_daemon.ops.systemd import notify
 from cds_daemon.ops.threads import blas_threads, limit_blas_threads
 from cds_daemon.store import Store, StoreUnavailable
@@ -151,7 +160,9 @@ class Service:
         self.scheduler.start()
         if s.health.enabled:
             REGISTRY.register(self._collector)
-            self.health = HealthServer(s.health.bind_address, s.health.port, self.readiness, self.liveness)
+            self.health = HealthServer(
+                s.health.bind_address, s.health.port, self.readiness, self.liveness, info=self.triage_info
+            )
             self.health.start()
         if s.web.enabled:
             self._start_web()
@@ -234,14 +245,38 @@ class Service:
         except StoreUnavailable:
             log.warning("store_unavailable", stage="heartbeat")
 
-    def monitor(self) -> Monitoring:
-        """The audit bound and drift checks; each failing check is logged, exported and shown on the web."""
-        from cds_daemon.review.audit import check_for
+    def triage_info(self) -> dict[str, Any]:
+        """What may be finalised now, and why (health's JSON, the metric); a store that is down says so."""
+        from cds_daemon.analysis.policy import resolve
 
-        manifest = self.worker.engine.manifest if self.worker is not None else None
-        result = check_for(self.store, manifest, self.settings)
+        if self.worker is None:
+            return {"triage": {"configured": str(self.settings.triage.mode), "mode": None, "why": "no model"}}
+        policy = resolve(self.settings, self.worker.engine.rules, self.store)
+        TRIAGE_FINALISING.clear()
+        TRIAGE_FINALISING.labels(configured=policy.configured, mode=policy.mode).set(int(policy.finalises))
+        return {
+            "triage": {
+                "configured": str(policy.configured),
+                "mode": str(policy.mode),
+                "rule_id": policy.rule_id,
+                "why": policy.why,
+            }
+        }
+
+    def monitor(self) -> Monitoring:
+        """The audit and drift checks, and the fail-safe that acts on them in live mode; each failing check is
+        logged, exported and shown on the web."""
+        from cds_daemon.review.audit import ALERT_KINDS, check_for, fail_safe
+
+        engine = self.worker.engine if self.worker is not None else None
+        manifest = engine.manifest if engine is not None else None
+        result = check_for(self.store, manifest, self.settings, engine.identity if engine is not None else None)
+        if fail_safe(self.store, self.settings, result) is not None:
+            TRIAGE_FALLBACKS.inc()
+        with contextlib.suppress(StoreUnavailable):
+            self.triage_info()
         failing = {a.kind for a in result.alerts}
-        for kind in ("audit_bound", "ood_drift", "class_mix_drift"):
+        for kind in ALERT_KINDS:
             MONITOR_ALERT.labels(kind=kind).set(int(kind in failing))
         for version, figures in result.audit.items():
             AUDIT_UPPER_BOUND.labels(model_version=version).set(figures["upper_bound"])
@@ -257,7 +292,7 @@ class Service:
         from cds_daemon.web.server import WebServer
 
         web = self.settings.web
-        review = ReviewService(self.settings, self.store, on_queued=self.wake_egress)
+        review = ReviewService(self.settings, self.store, on_queued=self.after_decision)
         ctx = WebContext(
             self.settings,
             self.store,
@@ -328,6 +363,13 @@ class Service:
         if purged:
             log.info("retention_purged", instances=purged, older_than_days=days)
         return purged
+
+    def after_decision(self) -> None:
+        """A reviewer decided: send the verified SR now and, in live mode, run the audit checks now (a decision
+        on an audited image may be the evidence the fail-safe acts on)."""
+        self.wake_egress()
+        if self.settings.triage.mode == TriageMode.LIVE and self.scheduler.get_job("monitoring") is not None:
+            self.scheduler.modify_job("monitoring", next_run_time=datetime.now(UTC))
 
     def wake_egress(self) -> None:
         job = self.scheduler.get_job("egress")

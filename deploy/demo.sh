@@ -24,6 +24,11 @@ echo "demo: $WHAT in $BUNDLE"
 # Reuses a finished bundle; writes a new one in one rename, so an interrupted build leaves none.
 $PY -m model_build demo-bundle "$BUNDLE" "${BUILD[@]}"
 export CDS_MODEL_BUNDLE=$BUNDLE
+# The demo finalises with the bundle's own rule (triage.mode = "bundle") to show what finalisation looks like.
+# An installation starts in shadow mode: every case is reviewed until a rule certified on the site's own
+# reviewed cases is activated (cds-daemon calibration; docs/operations.md, "Going live").
+export CDS_TRIAGE__MODE=${CDS_TRIAGE__MODE:-bundle}
+echo "demo: triage.mode = $CDS_TRIAGE__MODE (the bundle's own rule); a site certifies its own rule in shadow mode first"
 # The finalisation rule at the default alpha (0.02). A bundle trained for minutes on 2 cores may not
 # be able to show that bound on its calibration split, and then finalises nothing: the demo says so and
 # runs at alpha 0.05 to show what finalisation looks like. A site validates its own bundle instead.

@@ -6,6 +6,9 @@ ones the site will see: macro-F1, per-class recall, calibration (ECE with its bo
 the share finalised without review with its error, its upper bound and Benign<->Malignant swaps, and
 how often the reviewers would be called. This is how a site validates a bundle before use; the
 figures in the README come from synthetic images and from the paper's logits only.
+
+``resplits``: how much the bundle's own rule depended on its calibration split (the rule refitted on random
+halves of the calibration data in the manifest, :func:`model_build.robustness.bundle_resplits`).
 """
 
 from __future__ import annotations
@@ -17,29 +20,39 @@ import numpy as np
 from tqdm import tqdm
 
 from cds_daemon.analysis.engine import Engine
+from cds_daemon.analysis.policy import bundle_policy
 from cds_daemon.analysis.quality import assess
 from cds_daemon.analysis.triage import decide
 from cds_daemon.common.binomial import binomial_upper_bound
-from cds_daemon.common.config import QualitySettings, TriageSettings
+from cds_daemon.common.config import QualitySettings, Settings, TriageSettings
+from cds_daemon.common.vocabulary import TriageMode
 from cds_daemon.review.similar import precision_at_k
 from model_build import metrics
 from model_build.dataset import load_dataset, read_rgb
 from model_build.report import write_report
+from model_build.robustness import bundle_resplits, format_resplit_line, read_finalisation_block, without_runs
 
 
 def run_evaluate(
-    bundle: Path, data: Path, out_dir: Path | None = None, *, threads: int = 2, n_boot: int = 1000, seed: int = 0
+    bundle: Path,
+    data: Path,
+    out_dir: Path | None = None,
+    *,
+    threads: int = 2,
+    n_boot: int = 1000,
+    seed: int = 0,
+    resplits: int = 0,
 ) -> dict[str, Any]:
     engine = Engine(bundle, threads=threads)
     ds = load_dataset(Path(data))
     names = list(engine.classes)
-    threshold = engine.finalisation_threshold()
+    policy = bundle_policy(Settings(triage=TriageSettings(mode=TriageMode.BUNDLE)), engine.rules)
     probs, labels, referred, reasons, features = [], [], [], [], []
     for sample in tqdm(ds.samples, desc="evaluate", leave=False, dynamic_ncols=True):
         rgb = read_rgb(sample.path)
         quality = assess(rgb, was_colour=True, settings=QualitySettings())
         pred = engine.predict(rgb)
-        triage = decide(pred, quality, TriageSettings(), threshold)
+        triage = decide(pred, quality, TriageSettings(), policy)
         probs.append([pred.probs[c] for c in names])
         if pred.embedding is not None:
             features.append(pred.embedding)
@@ -59,6 +72,8 @@ def run_evaluate(
     if len(features) == len(labels) and len(labels) > 5:
         precision, chance = precision_at_k(np.stack(features), np.asarray(labels), k=5)
         result["retrieval"] = {"k": 5, "precision": precision, "random": chance}
+    if resplits:
+        result["resplits"] = without_runs(bundle_resplits(read_finalisation_block(bundle), resplits, seed=seed))
     if out_dir is not None:
         write_report(result, Path(out_dir), p, y, names, result["title"])
     return result
@@ -115,5 +130,6 @@ def format_summary(result: dict[str, Any]) -> str:
             f"(upper bound {f['upper_bound']:.2%}), Benign<->Malignant swaps {f['swaps']}",
             f"referral reasons: {result['referral_reasons']}",
             *similar,
+            *(format_resplit_line(name, s) for name, s in result.get("resplits", {}).get("scores", {}).items()),
         ]
     )

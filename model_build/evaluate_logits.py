@@ -14,6 +14,9 @@ Protocol (val = calibration split, test = reported split; train is in-sample for
    these logits come to the daemon's Basic + Premium ensemble). Indeterminate/Suspicious is never
    finalised. On test: share finalised, errors with their upper bound, Benign<->Malignant swaps, and a
    risk-coverage curve of the rule (finalisation.png) with its AURC.
+7. Optionally (:mod:`model_build.robustness`), on val + test pooled: the rule refitted on random halves
+   (``resplits``), coverage against calibration size (``power``), and a simulated site's shadow mode
+   (``site_simulation``); one split's coverage says little on its own.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from cds_daemon.common.binomial import binomial_upper_bound
 from model_build import metrics
 from model_build.calibration import fit_temperature, nll
 from model_build.conformal import class_conditional_quantiles
-from model_build.logits_csv import CLASS_NAMES, default_data_dir, load_split, split_path
+from model_build.logits_csv import CLASS_NAMES, PACKAGED_DATA_DIR, default_data_dir, load_split, split_path
 from model_build.report import finalisation_aurc, plot_finalisation, write_report
 
 TITLE = "ThyroidEffi 1.0 per-image logits (test split)"
@@ -49,7 +52,8 @@ def check_data_dir(data_dir: Path) -> None:
         p = split_path(data_dir, split)
         if not p.is_file():
             raise FileNotFoundError(
-                f"{p} not found; pass --data-dir, or set CDS_SHARED_DIR to the folder holding data/thyroideffi_logits"
+                f"{p} not found; pass --data-dir (a folder with {{val,test}}_not_aug.csv), or leave it out to use "
+                f"the copy in the package ({PACKAGED_DATA_DIR}) or $CDS_SHARED_DIR/data/thyroideffi_logits"
             )
 
 
@@ -75,8 +79,15 @@ def run_evaluate_logits(
     risk_delta: float = 0.1,
     n_boot: int = 1000,
     seed: int = 0,
+    resplits: int = 0,
+    power: bool = False,
+    power_reps: int = 200,
+    site_simulation: int = 0,
 ) -> dict[str, Any]:
-    """Run the protocol above; write the report to ``out_dir`` when given and return the result dict."""
+    """Run the protocol above; write the report to ``out_dir`` when given and return the result dict.
+
+    ``resplits`` (halves), ``power`` (with ``power_reps`` bootstraps) and ``site_simulation`` (random orders) add
+    step 7's entries under those keys, at (risk_alpha, risk_delta) with ``seed``; 0 / False skips them."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     check_data_dir(data_dir)
     y_val, z_val = load_split("val", data_dir)
@@ -126,6 +137,22 @@ def run_evaluate_logits(
     result["finalisation"] = {
         name: finalise(score, y_val, y_test, alpha=risk_alpha, delta=risk_delta) for name, score in scores.items()
     }
+    if resplits or power or site_simulation:
+        # Imported here: robustness builds on this module's finalisation_scores / finalise.
+        from model_build.robustness import run_robustness
+
+        result |= run_robustness(
+            np.concatenate([z_val, z_test]),
+            np.concatenate([y_val, y_test]),
+            out_dir,
+            alpha=risk_alpha,
+            delta=risk_delta,
+            resplits=resplits,
+            power=power,
+            power_reps=power_reps,
+            site_orders=site_simulation,
+            seed=seed,
+        )
     if out_dir is not None:
         write_report(result, Path(out_dir), p_scaled, y_test, names, TITLE, probs_before=p_raw)
         curves = []
@@ -242,4 +269,7 @@ def format_summary(result: dict[str, Any]) -> str:
             f"({f['test_finalised']}/{f['test_n']}), error {err} ({f['test_errors']}, bound "
             f"{f['test_upper_bound']:.2%}), Benign<->Malignant swaps {f['test_swaps']}, AURC {f['test_aurc']:.4f}"
         )
+    from model_build.robustness import format_robustness  # see run_evaluate_logits
+
+    lines += format_robustness(result)
     return "\n".join(lines)

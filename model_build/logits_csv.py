@@ -29,6 +29,10 @@ class LogitsSplit(NamedTuple):
     logits: np.ndarray  # (N, 13, 3) float64
 
 
+#: The copy that ships with the package (``model_build/data/thyroideffi_logits``, with its README naming the source).
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / LOGITS_SUBDIR
+
+
 def shared_dir() -> Path:
     """The shared folder: $CDS_SHARED_DIR, else ``shared/`` beside the repository root."""
     env = os.environ.get(SHARED_ENV)
@@ -38,8 +42,13 @@ def shared_dir() -> Path:
 
 
 def default_data_dir() -> Path:
-    """Folder holding the paper's logits CSVs."""
-    return shared_dir() / LOGITS_SUBDIR
+    """Folder holding the paper's logits CSVs: ``$CDS_SHARED_DIR/data/thyroideffi_logits`` when that variable is
+    set and the folder holds the val and test CSVs, else the copy in the package (works in a plain clone)."""
+    if os.environ.get(SHARED_ENV):
+        shared = shared_dir() / LOGITS_SUBDIR
+        if all(split_path(shared, s).is_file() for s in ("val", "test")):
+            return shared
+    return PACKAGED_DATA_DIR
 
 
 def split_path(data_dir: Path, split: str) -> Path:

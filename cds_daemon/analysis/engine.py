@@ -5,7 +5,8 @@ that the class activation maps reproduce the logits (mean(CAM_c) + b_c == logit_
 for |logit| > 1); it refuses to start otherwise. ``Engine.predict(rgb)`` returns a frozen ``Prediction``.
 
 The probabilities, conformal sets and OOD scores are defined in :mod:`cds_daemon.analysis.numeric`
-(shared with model_build), the referral rule in :mod:`cds_daemon.analysis.triage`.
+(shared with model_build). The engine computes numbers only: the referral rule is
+:mod:`cds_daemon.analysis.triage`, and what may be finalised is :mod:`cds_daemon.analysis.policy`.
 - CAM_c = sum_k W[c, k] * A_k over the 1280 x 7 x 7 post-activation map A, in logit units. Because the
   classifier global-average-pools A, Grad-CAM's weights are W[c, k] / 49, so Grad-CAM without its ReLU is
   exactly CAM_c / 49; after min-max scaling the two are identical. The stitched map places the 12 tile
@@ -23,7 +24,6 @@ thread-safe, so one Engine may serve several threads (each call then shares the 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +39,10 @@ from cds_daemon.analysis.numeric import (
     prediction_sets,
     softmax,
 )
-from cds_daemon.analysis.risk import FinalisationRule, finalisation_confidence, rule_from_manifest
+from cds_daemon.analysis.policy import BundleRules
+from cds_daemon.analysis.risk import FinalisationRule, finalisation_confidence
 from cds_daemon.analysis.stain import stain_distance, stain_features
 from cds_daemon.analysis.tiles import make_views
-from cds_daemon.analysis.triage import model_reasons, reason_codes
 from cds_daemon.common.manifest import BundleError, bundle_identity
 
 # mean(CAM_c) + b_c must equal logit_c within this, times |logit_c| when that exceeds 1 (float32 rounding
@@ -100,12 +100,10 @@ class Prediction:
     premium_probs: dict[str, float]
     members_agree: bool
     conformal_set: tuple[str, ...]
-    low_confidence: bool
     mahalanobis: float
     mahalanobis_ood: bool
     energy: float
     energy_ood: bool
-    reasons: tuple[str, ...]  # model-side referral reasons (triage.model_reasons, every switch on)
     cam_class: str  # class the maps explain (= label)
     cam: np.ndarray  # (rows*7, cols*7) = (21, 28) float32 in [0, 1], tile CAMs with one global scale
     cam_whole: np.ndarray  # (7, 7) float32 in [0, 1], whole-image CAM
@@ -164,26 +162,19 @@ class Engine:
         _check_io(self._backbone, self.bundle.paths["backbone"], [m.backbone_input], list(m.backbone_outputs))
         _check_io(self._aggregator, self.bundle.paths["aggregator"], [m.aggregator_input], [m.aggregator_output])
         self.identity = bundle_identity(self.bundle.directory)  # what results and the review page name it by
-        self._rules: dict[tuple[float | None, float | None], FinalisationRule | None] = {}
+        self.rules = BundleRules(m, self.identity)
         self._weight = self.bundle.cam_weight.astype(np.float32)
         self._maha = MahalanobisTerms.of(self.bundle.class_means, self.bundle.precision)
         self._quantiles = np.asarray(m.quantiles, dtype=np.float64)
         self.self_check()
 
     def finalisation(self, alpha: float | None = None, delta: float | None = None) -> FinalisationRule | None:
-        """The bundle's finalisation rule, refitted once for another alpha or delta; None for an older bundle."""
-        key = (alpha, delta)
-        if key not in self._rules:
-            block = self.manifest.finalisation
-            self._rules[key] = None if block is None else rule_from_manifest(block, alpha=alpha, delta=delta)
-        return self._rules[key]
+        """The bundle's finalisation rule (:class:`cds_daemon.analysis.policy.BundleRules`)."""
+        return self.rules.finalisation(alpha, delta)
 
     def finalisation_threshold(self, alpha: float | None = None, delta: float | None = None) -> float:
-        """Calibrated confidence at or above which a field nothing else refers is finalised (inf: never)."""
-        rule = self.finalisation(alpha, delta)
-        if rule is None:
-            return self.manifest.confidence_threshold
-        return math.inf if rule.threshold is None else rule.threshold
+        """The bundle rule's threshold (inf: it finalises nothing)."""
+        return self.rules.finalisation_threshold(alpha, delta)
 
     def _stain(self, rgb: np.ndarray) -> tuple[float, bool]:
         """The stain gate: distance of the image's optical-density statistics, and whether it is out."""
@@ -270,23 +261,9 @@ class Engine:
         t4 = time.perf_counter()
         conf = float(probs[cls])
         sure = float(finalisation_confidence(conf, float(p_basic.max())))
-        threshold = self.finalisation_threshold()
         conformal_set = tuple(n for n, keep in zip(names, in_set, strict=True) if keep)
         basic_label, premium_label = names[int(p_basic.argmax())], names[int(p_premium.argmax())]
         maha_ood, energy_ood = maha > m.mahalanobis_threshold, energy > m.energy_threshold
-        reasons = reason_codes(
-            model_reasons(
-                predicted=names[cls],
-                confidence=sure,
-                conformal_set=conformal_set,
-                basic_label=basic_label,
-                premium_label=premium_label,
-                mahalanobis_ood=maha_ood,
-                energy_ood=energy_ood,
-                stain_ood=stain_ood,
-                confidence_threshold=threshold,
-            )
-        )
         return Prediction(
             label=names[cls],
             display_name=m.display_names[cls],
@@ -298,14 +275,12 @@ class Engine:
             premium_probs=dict(zip(names, p_premium.tolist(), strict=True)),
             members_agree=basic_label == premium_label,
             conformal_set=conformal_set,
-            low_confidence=sure < threshold,
             finalisation_confidence=sure,
             embedding=np.asarray(pooled[0], dtype=np.float32).copy(),
             mahalanobis=maha,
             mahalanobis_ood=bool(maha_ood),
             energy=energy,
             energy_ood=bool(energy_ood),
-            reasons=reasons,
             cam_class=names[cls],
             cam=cam,
             cam_whole=cam_whole,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from cds_daemon.analysis.decode import decode
 from cds_daemon.analysis.engine import Engine, Prediction
+from cds_daemon.analysis.policy import FinalisationPolicy, resolve
 from cds_daemon.analysis.quality import QualityResult, assess
 from cds_daemon.analysis.triage import TriageDecision, decide
 from cds_daemon.common.config import Settings
@@ -60,6 +61,7 @@ def to_ai_result(pred: Prediction, triage: TriageDecision, engine: Engine) -> AI
         cam=pred.cam,
         basic_probabilities=tuple(float(pred.basic_probs[c]) for c in classes),
         premium_probabilities=tuple(float(pred.premium_probs[c]) for c in classes),
+        finalisation_rule=triage.rule_text,
     )
 
 
@@ -148,12 +150,13 @@ def prepare(path: Path, settings: Settings) -> Prepared:
     return Prepared(image.dataset, image.rgb, image.was_colour, quality, (time.perf_counter() - t0) * 1000)
 
 
-def infer(rgb: np.ndarray, quality: QualityResult, engine: Engine, settings: Settings) -> Inferred:
-    """Ensemble, conformal set, OOD and CAM, then the referral decision."""
+def infer(
+    rgb: np.ndarray, quality: QualityResult, engine: Engine, settings: Settings, policy: FinalisationPolicy
+) -> Inferred:
+    """Ensemble, conformal set, OOD and CAM, then the referral decision under ``policy``."""
     t0 = time.perf_counter()
     pred = engine.predict(_at_least(rgb, settings.quality.min_side_px))
-    threshold = engine.finalisation_threshold(settings.triage.risk_alpha, settings.triage.risk_delta)
-    triage = decide(pred, quality, settings.triage, threshold)
+    triage = decide(pred, quality, settings.triage, policy)
     result = to_ai_result(pred, triage, engine)
     return Inferred(pred, quality, triage, result, (time.perf_counter() - t0) * 1000)
 
@@ -170,14 +173,17 @@ def build_objects(source: pydicom.Dataset, rgb: np.ndarray, result: AIResult) ->
     return objects
 
 
-def process_image(path: Path, engine: Engine, settings: Settings) -> Processed:
+def process_image(
+    path: Path, engine: Engine, settings: Settings, policy: FinalisationPolicy | None = None
+) -> Processed:
     """The whole per-image pipeline in this thread, no store or network: ``cds-daemon replay`` and tests.
 
-    The daemon's worker runs the same steps, with decode and reports in its helper process.
+    The daemon's worker runs the same steps, with decode and reports in its helper process. Without a
+    ``policy``, the configured mode's without a store (live mode then reviews everything).
     """
     t0 = time.perf_counter()
     prepared = prepare(path, settings)
-    inferred = infer(prepared.rgb, prepared.quality, engine, settings)
+    inferred = infer(prepared.rgb, prepared.quality, engine, settings, policy or resolve(settings, engine.rules, None))
     t_model = time.perf_counter()
     objects = build_objects(prepared.dataset, prepared.rgb, inferred.result)
     t_end = time.perf_counter()
@@ -217,10 +223,16 @@ def make_record(inferred: Inferred, object_uids: dict[str, str], timings_ms: dic
         referred=triage.referred,
         reasons=list(triage.reasons),
         priority=triage.priority,
+        triage_mode=triage.mode,
+        rule_id=triage.rule_id,
+        finalisation_confidence=pred.finalisation_confidence,
+        candidate=triage.candidate,
         detail={
             "reason_texts": list(triage.texts),
             "priority": triage.priority,
             "confidence": pred.confidence,
+            "finalisation_confidence": pred.finalisation_confidence,
+            "triage": {"mode": triage.mode, "rule_id": triage.rule_id, "rule": triage.rule_text},
             "conformal_set": list(pred.conformal_set),
             "basic": {"label": pred.basic_label, "probabilities": list(r.basic_probabilities or ())},
             "premium": {"label": pred.premium_label, "probabilities": list(r.premium_probabilities or ())},

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cds_daemon.common.binomial import binomial_cdf, binomial_upper_bound, min_sample_size
+from cds_daemon.common.binomial import binomial_cdf_many, binomial_upper_bound, min_sample_size
 
 
 def finalisation_confidence(ensemble: Any, basic: Any) -> Any:
@@ -88,16 +88,22 @@ def fit_finalisation(
     scores, mistakes = conf[cand][order], wrong[cand][order]
     n_min = min_sample_size(alpha, delta)
     best: tuple[float, int, int] | None = None
-    n = 0
-    while n < scores.size:
-        # Every candidate with the next score value joins at once: a threshold finalises ties together.
-        n = int(np.searchsorted(-scores, -scores[n], side="right"))
-        if n < n_min:
-            continue
-        k = int(mistakes[:n].sum())
-        if binomial_cdf(k, n, alpha) > delta:
+    # Every candidate with the next score value joins at once: a threshold finalises ties together. The tested
+    # thresholds are the ends of the groups of equal scores that finalise at least n_min fields, in order.
+    ends = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) + 1 if scores.size else np.zeros(0, np.int64)
+    ends = ends[ends >= n_min]
+    ks = np.cumsum(mistakes)[ends - 1] if ends.size else ends
+    start, chunk = 0, 64
+    while start < ends.size:  # in chunks: the sequence usually stops early, and error counts stay small there
+        part = slice(start, start + chunk)
+        rejected = binomial_cdf_many(ks[part], ends[part], alpha) <= delta
+        passed = int(np.argmin(rejected)) if not rejected.all() else rejected.size
+        if passed:
+            last = start + passed - 1
+            best = (float(scores[int(ends[last]) - 1]), int(ends[last]), int(ks[last]))
+        if passed < rejected.size:
             break
-        best = (float(scores[n - 1]), n, k)
+        start, chunk = start + chunk, chunk * 2
     threshold, n_final, k_final = (None, 0, 0) if best is None else best
     return FinalisationRule(
         alpha=alpha,
@@ -128,3 +134,76 @@ def rule_from_manifest(
         )
     fields = {k: block[k] for k in FinalisationRule.__dataclass_fields__ if k in block}
     return FinalisationRule(**fields)
+
+
+@dataclass(frozen=True)
+class PowerPoint:
+    """Expected share finalised when a rule is fitted on ``size`` fields like these (bootstrap)."""
+
+    size: int
+    coverage_mean: float
+    coverage_p10: float
+    coverage_p50: float
+    error_mean: float  # error among what the fitted rules finalise, measured on the pool itself
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def power_curve(
+    confidence: np.ndarray,
+    errors: np.ndarray,
+    candidates: np.ndarray,
+    sizes: tuple[int, ...],
+    *,
+    alpha: float,
+    delta: float,
+    reps: int = 200,
+    seed: int = 0,
+) -> list[PowerPoint]:
+    """Coverage against calibration size: draw ``size`` fields with replacement from the pool, fit the rule on
+    them, and measure the share of the whole pool it finalises. Larger pools than the one at hand are
+    projected from its own distribution (``evaluate-logits --power``, ``cds-daemon calibration status``).
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    wrong = np.asarray(errors, dtype=bool)
+    cand = np.asarray(candidates, dtype=bool)
+    if conf.size == 0:
+        return [PowerPoint(size, 0.0, 0.0, 0.0, 0.0) for size in sizes]
+    rng = np.random.default_rng(seed)
+    order = np.argsort(-conf)
+    sorted_conf = conf[order]
+    cum_final = np.cumsum(cand[order])
+    cum_wrong = np.cumsum((cand & wrong)[order])
+    points = []
+    for size in sizes:
+        coverage, error = np.zeros(reps), np.zeros(reps)
+        for r in range(reps):
+            idx = rng.integers(0, conf.size, size)
+            rule = fit_finalisation(conf[idx], wrong[idx], cand[idx], alpha=alpha, delta=delta)
+            if rule.threshold is None:
+                continue
+            reach = int(np.searchsorted(-sorted_conf, -rule.threshold, side="right"))
+            n_final = int(cum_final[reach - 1]) if reach else 0
+            coverage[r] = n_final / conf.size
+            error[r] = (int(cum_wrong[reach - 1]) / n_final) if n_final else 0.0
+        points.append(
+            PowerPoint(
+                size=int(size),
+                coverage_mean=float(coverage.mean()),
+                coverage_p10=float(np.quantile(coverage, 0.1)),
+                coverage_p50=float(np.quantile(coverage, 0.5)),
+                error_mean=float(error.mean()),
+            )
+        )
+    return points
+
+
+def reviews_for_stable_rule(points: list[PowerPoint], have: int) -> int | None:
+    """Fewest pool size on the curve at which a fitted rule is stable (it finalises something in 90% of
+    draws, and its 10th-percentile coverage is at least 80% of the mean), minus ``have``; None: not on the
+    curve (the model may never finalise at this alpha)."""
+    for p in sorted(points, key=lambda q: q.size):
+        if p.coverage_mean > 0 and p.coverage_p10 >= 0.8 * p.coverage_mean:
+            return max(0, p.size - have)
+    return None

@@ -6,8 +6,8 @@ Premium disagree, if an OOD score is out of range, or if the quality gate failed
 reason that applies is recorded, in this order, with a text a cytopathologist can read.
 
 ``model_reasons`` is the rule; the daemon applies it through :func:`decide` (with the site's
-switches and the quality gate), ``model_build`` directly (every switch on), so the referral rates
-a model builder measures are the daemon's.
+switches, the quality gate and the finalisation policy in force), ``model_build`` directly (every switch
+on), so the referral rates a model builder measures are the daemon's. The engine only computes numbers.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cds_daemon.common.config import TriageSettings
-from cds_daemon.common.vocabulary import REASONS, ROUTINE_PRIORITY, ReferralReason
+from cds_daemon.common.vocabulary import REASONS, ROUTINE_PRIORITY, THRESHOLD_REASONS, ReferralReason, TriageMode
 
-if TYPE_CHECKING:  # the engine imports this module for its model-side reasons
+if TYPE_CHECKING:
     from cds_daemon.analysis.engine import Prediction
+    from cds_daemon.analysis.policy import FinalisationPolicy
     from cds_daemon.analysis.quality import QualityResult
 
 INDETERMINATE = "indeterminate"
@@ -35,6 +36,10 @@ class TriageDecision:
     reasons: tuple[str, ...]
     texts: tuple[str, ...]
     priority: int  # 1 (most urgent) .. 9
+    candidate: bool = False  # nothing but the threshold (or shadow mode) refers it: what a rule is fitted on
+    mode: str = TriageMode.BUNDLE  # the triage mode that decided (shadow reviews enter the site pool)
+    rule_id: int | None = None  # the site rule in force (live mode)
+    rule_text: str | None = None  # finalised: the rule that finalised it, as the SR names it
 
 
 def model_reasons(
@@ -98,25 +103,43 @@ def priority_of(codes: list[str], predicted: str | None) -> int:
 
 
 def decide(
-    pred: Prediction, quality: QualityResult, settings: TriageSettings, bundle_confidence: float
+    pred: Prediction, quality: QualityResult, settings: TriageSettings, policy: FinalisationPolicy
 ) -> TriageDecision:
-    threshold = settings.confidence_threshold if settings.confidence_threshold is not None else bundle_confidence
+    """The referral decision for one field under the policy in force (:mod:`cds_daemon.analysis.policy`).
+
+    In shadow mode nothing is finalised: every field is referred, with the site-validation reason after any
+    other that applies (so the worklist still ranks them), and no low-confidence reason (no threshold is
+    in force).
+    """
+    shadow = policy.mode == TriageMode.SHADOW
     found: list[tuple[str, str]] = [
         (str(code), text)
         for code, text in model_reasons(
             predicted=pred.label,
-            confidence=pred.confidence,
+            confidence=pred.finalisation_confidence,
             conformal_set=pred.conformal_set,
             basic_label=pred.basic_label,
             premium_label=pred.premium_label,
             mahalanobis_ood=pred.mahalanobis_ood,
             energy_ood=pred.energy_ood,
             stain_ood=pred.stain_ood,
-            confidence_threshold=threshold,
+            confidence_threshold=0.0 if shadow else policy.threshold,
             policy=settings,
         )
     ]
     if settings.refer_quality:
         found.extend(quality.reasons)
+    candidate = all(code in THRESHOLD_REASONS for code, _ in found)
+    if shadow:
+        found.append((str(ReferralReason.SITE_VALIDATION), policy.why))
     codes = [c for c, _ in found]
-    return TriageDecision(bool(found), tuple(codes), tuple(t for _, t in found), priority_of(codes, pred.label))
+    return TriageDecision(
+        referred=bool(found),
+        reasons=tuple(codes),
+        texts=tuple(t for _, t in found),
+        priority=priority_of(codes, pred.label),
+        candidate=candidate,
+        mode=str(policy.mode),
+        rule_id=policy.rule_id,
+        rule_text=None if found else policy.rule_text,
+    )

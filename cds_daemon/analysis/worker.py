@@ -28,6 +28,7 @@ from cds_daemon.analysis.pipeline import (
     not_analysed_record,
     not_analysed_result,
 )
+from cds_daemon.analysis.policy import resolve
 from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
@@ -165,7 +166,8 @@ class Worker:
         uid, path = instance.sop_instance_uid, instance.spool_path
         try:
             prepared: PreparedPixels = self._offloaded(prepared_future, "prepare", uid, path)
-            inferred = infer(prepared.rgb, prepared.quality, self.engine, self.settings)
+            policy = resolve(self.settings, self.engine.rules, self.store)  # live mode: the active rule, now
+            inferred = infer(prepared.rgb, prepared.quality, self.engine, self.settings, policy)
             report_future = self.offload.report(uid, path, inferred.result)
         except CancelledError:
             self._left_for_restart(uid)
@@ -226,7 +228,7 @@ class Worker:
     def _record(self, uid: str, inferred: Inferred, outputs: list[OutputObject], timings: dict[str, float]) -> None:
         destinations = [d.name for d in self.settings.destinations]
         record = make_record(inferred, {o.kind: o.object_uid for o in outputs}, timings)
-        audit = not inferred.triage.referred and sampled_for_audit(uid, self.settings.worklist.audit_fraction)
+        audit = not inferred.triage.referred and sampled_for_audit(uid, self._audit_rate(inferred.triage.rule_id))
         self.store.record_result(
             uid,
             record,
@@ -253,6 +255,13 @@ class Worker:
             ms=timings,
         )
         self.on_reported()
+
+    def _audit_rate(self, rule_id: int | None) -> float:
+        """The share of finalised images audited: more while a site rule is young (``audit.initial_rate``)."""
+        usual, audit = self.settings.worklist.audit_fraction, self.settings.audit
+        if rule_id is not None and self.store.finalised_count(rule_id) < audit.initial_images:
+            return max(usual, audit.initial_rate)
+        return usual
 
     def _failed_with(self, uid: str, exc: Exception) -> None:
         """The image ends as a visible "not analysed" case, never silently (and the worker goes on)."""

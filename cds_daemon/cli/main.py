@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cds_daemon.cli.calibration import add_parsers as add_calibration_parsers
 from cds_daemon.cli.worklist import add_parsers as add_review_parsers
 from cds_daemon.common.config import ConfigError, Settings, load_settings
 from cds_daemon.ops.logs import configure_logging
@@ -61,6 +62,7 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             )
         except (BundleError, OSError) as exc:
             results.append({"check": "model_bundle", "ok": False, "detail": str(exc)})
+    results.append(_triage_check(settings))
     for dest in [] if args.offline else settings.destinations:
         res = (
             dicomweb.check(dest, timeout_s=args.timeout)
@@ -79,9 +81,43 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({"ok": passed, "checks": results}, indent=2))
     else:
         for r in results:
-            print(f"{'PASS' if r['ok'] else 'FAIL'}  {r['check']}: {r['detail']}")
+            verdict = ("WARN" if r.get("warning") else "PASS") if r["ok"] else "FAIL"
+            print(f"{verdict}  {r['check']}: {r['detail']}")
         print("all checks passed" if passed else "some checks FAILED")
     return EXIT_OK if passed else EXIT_CHECK_FAILED
+
+
+def _triage_check(settings: Settings) -> dict[str, object]:
+    """What ``check`` says about the triage mode: bundle mode warns; live mode names the active rule."""
+    from cds_daemon.common.vocabulary import TriageMode
+
+    mode = settings.triage.mode
+    if mode == TriageMode.SHADOW:
+        detail = "shadow: nothing is finalised; every case is reviewed and the reviews build the calibration pool"
+        return {"check": "triage", "ok": True, "detail": detail}
+    if mode == TriageMode.BUNDLE:
+        detail = (
+            "bundle: finalising with the rule fitted on the bundle's own calibration split, not certified on this "
+            "site's cases (demos, or a bundle validated elsewhere); a site certifies its own rule in shadow mode"
+        )
+        return {"check": "triage", "ok": True, "warning": True, "detail": detail}
+    db = settings.storage.database
+    if (isinstance(db, Path) and not db.exists()) or settings.model_bundle is None:
+        return {"check": "triage", "ok": True, "warning": True, "detail": "live: no site rule yet (no store)"}
+    from cds_daemon.analysis.policy import BundleRules, resolve
+    from cds_daemon.store import Store, StoreUnavailable
+
+    try:
+        store = Store(db)
+    except StoreUnavailable as exc:
+        return {"check": "triage", "ok": False, "detail": f"live: the store does not answer ({exc})"}
+    try:
+        policy = resolve(settings, BundleRules.of(settings.model_bundle), store)
+    except OSError as exc:
+        return {"check": "triage", "ok": False, "detail": f"live: cannot read the bundle ({exc})"}
+    finally:
+        store.close()
+    return {"check": "triage", "ok": True, "warning": policy.mode != TriageMode.LIVE, "detail": policy.why}
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -155,39 +191,51 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _finalisation_and_monitoring(settings: Settings, store: Any) -> dict[str, Any]:
-    """The finalisation rule in force and the production checks (audit bound, drift)."""
-    from cds_daemon.analysis.risk import rule_from_manifest
-    from cds_daemon.common.manifest import BundleError, read_manifest
+    """The triage mode in force (and why), the bundle's own rule, and the production checks (audit, drift)."""
+    from cds_daemon.analysis.policy import BundleRules, resolve
+    from cds_daemon.common.manifest import BundleError
     from cds_daemon.review.audit import check_for
 
-    manifest = None
+    bundle = None
     if settings.model_bundle is not None:
         try:
-            manifest = read_manifest(settings.model_bundle)
-        except BundleError:
-            manifest = None
-    block = manifest.finalisation if manifest is not None else None
-    rule = (
-        None
-        if block is None
-        else rule_from_manifest(block, alpha=settings.triage.risk_alpha, delta=settings.triage.risk_delta).to_json()
-    )
-    return {"finalisation": rule, "monitoring": check_for(store, manifest, settings).to_json()}
+            bundle = BundleRules.of(settings.model_bundle)
+        except (BundleError, OSError):
+            bundle = None
+    triage: dict[str, Any] = {"configured": str(settings.triage.mode), "mode": None, "why": "no readable bundle"}
+    rule = None
+    if bundle is not None:
+        policy = resolve(settings, bundle, store)
+        triage = {"configured": str(policy.configured), "mode": str(policy.mode), "rule_id": policy.rule_id}
+        triage |= {"why": policy.why, "rule": policy.rule_text}
+        found = bundle.finalisation(settings.triage.risk_alpha, settings.triage.risk_delta)
+        rule = None if found is None else found.to_json()
+    monitoring = check_for(
+        store, bundle.manifest if bundle else None, settings, bundle.identity if bundle else None
+    ).to_json()
+    return {"triage": triage, "finalisation": rule, "monitoring": monitoring}
 
 
 def _print_monitoring(report: dict[str, Any]) -> None:
+    triage = report["triage"]
+    print(f"triage mode: {triage['mode']} (configured {triage['configured']}): {triage['why']}")
+    if triage.get("rule"):
+        print(f"  finalising with: {triage['rule']}")
     rule = report["finalisation"]
     if rule is not None:
         threshold = "none (every image is referred)" if rule["threshold"] is None else f"{rule['threshold']:.4f}"
         print(
-            f"finalisation: error <= {rule['alpha']:.1%} with {1 - rule['delta']:.0%} confidence; confidence "
+            f"bundle rule: error <= {rule['alpha']:.1%} with {1 - rule['delta']:.0%} confidence; confidence "
             f"threshold {threshold} ({rule['n_finalised']} of {rule['n_calibration']} calibration images)"
         )
-    for version, a in report["monitoring"]["audit"].items():
+    audits = [(f"model {v}", a) for v, a in report["monitoring"]["audit"].items()]
+    if report["monitoring"]["site_rule"] is not None:
+        audits.append((f"site rule {report['monitoring']['site_rule']['rule_id']}", report["monitoring"]["site_rule"]))
+    for name, a in audits:
         err = "—" if a["error"] is None else f"{a['error']:.1%}"
         print(
-            f"audit {version}: {a['sampled']} sampled, {a['decided']} decided, {a['errors']} wrong "
-            f"(error {err}, upper bound {a['upper_bound']:.1%})"
+            f"audit {name}: {a['sampled']} sampled, {a['decided']} decided, {a['errors']} wrong "
+            f"(error {err}, bounds {a['lower_bound']:.1%} .. {a['upper_bound']:.1%})"
         )
     for alert in report["monitoring"]["alerts"]:
         print(f"ALERT {alert['kind']}: {alert['text']}")
@@ -272,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--bundle", type=Path, help="model bundle (default: model_bundle from the config)")
     replay.set_defaults(func=_cmd_replay)
     add_review_parsers(sub)
+    add_calibration_parsers(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from cds_daemon.common.config import Settings
 from cds_daemon.common.vocabulary import ReviewDecision, UserRole, WorklistStatus
 from cds_daemon.ops.logs import configure_logging
-from cds_daemon.store import Store, WorklistItem
+from cds_daemon.store import Store, User, WorklistItem
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -137,24 +137,30 @@ def _log_to_stderr(settings: Settings) -> None:
     configure_logging(settings.log_level, stream=sys.stderr)
 
 
-def _reviewer(store: Store, args: argparse.Namespace) -> str | None:
-    """The reviewer, proven by their password or a token from ``user token``; None (and why) otherwise."""
+def proven_user(store: Store, name: str, args: argparse.Namespace) -> User | None:
+    """The active user ``name``, proven by their password (``--password-stdin`` or a prompt) or a token from
+    ``user token`` (``--token`` or $CDS_REVIEW_TOKEN); None, and why on stderr, otherwise."""
     from cds_daemon.review.auth import authenticate, token_user
 
     token = args.token or os.environ.get("CDS_REVIEW_TOKEN")
     if token:
         user = token_user(store, token)
-        if user is None or user.username != args.reviewer:
-            print(f"cds-daemon: the token is not {args.reviewer}'s, or has expired", file=sys.stderr)
+        if user is None or user.username != name:
+            print(f"cds-daemon: the token is not {name}'s, or has expired", file=sys.stderr)
             return None
-        return user.username
-    password = _read_password(args, confirm=False, prompt=f"{args.reviewer}'s password: ")
+        return user
+    password = _read_password(args, confirm=False, prompt=f"{name}'s password: ")
     if password is None:
         return None
-    if authenticate(store, args.reviewer, password) is None:
-        print(f"cds-daemon: {args.reviewer} is not an active user, or the password is wrong", file=sys.stderr)
-        return None
-    return str(args.reviewer)
+    user = authenticate(store, name, password)
+    if user is None:
+        print(f"cds-daemon: {name} is not an active user, or the password is wrong", file=sys.stderr)
+    return user
+
+
+def _reviewer(store: Store, args: argparse.Namespace) -> str | None:
+    user = proven_user(store, args.reviewer, args)
+    return None if user is None else user.username
 
 
 def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:

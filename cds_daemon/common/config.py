@@ -31,6 +31,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from cds_daemon.common.vocabulary import TriageMode
+
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _config_file: ContextVar[Path | None] = ContextVar("cds_config_file", default=None)
 
@@ -230,12 +232,20 @@ class QualitySettings(_Section):
 class TriageSettings(_Section):
     """When a prediction goes to the expert-review worklist. Every reason that applies is recorded."""
 
+    mode: TriageMode = Field(
+        TriageMode.SHADOW,
+        description="shadow: nothing is finalised, every image is reviewed and the reviews build the site "
+        "calibration pool; live: finalise with the site rule certified and activated for the loaded bundle "
+        "(shadow while there is none); bundle: the rule fitted on the bundle's own calibration split (demos)",
+    )
+
     risk_alpha: float | None = Field(
         None,
         gt=0,
         lt=1,
-        description="error rate allowed among fields finalised without review; empty = the bundle's (0.02); "
-        "the threshold is refitted from the bundle's calibration split",
+        description="bundle mode: error rate allowed among fields finalised without review; empty = the "
+        "bundle's (0.02); the threshold is refitted from the bundle's calibration split. Also the default "
+        "alpha of 'calibration certify'",
     )
     risk_delta: float | None = Field(
         None, gt=0, lt=1, description="chance the finalised error rate exceeds risk_alpha; empty = the bundle's (0.1)"
@@ -244,7 +254,8 @@ class TriageSettings(_Section):
         None,
         ge=0,
         le=1,
-        description="a fixed finalisation threshold instead of the fitted one (voids the guarantee); empty = fitted",
+        description="bundle mode: a fixed finalisation threshold instead of the fitted one (voids the guarantee); "
+        "empty = fitted",
     )
     refer_indeterminate: bool = True
     refer_ensemble_disagreement: bool = True
@@ -294,6 +305,22 @@ class WorklistSettings(_Section):
     )
     monitor_minutes: float = Field(60.0, gt=0, description="how often the audit bound and drift are checked")
     drift_window: int = Field(200, ge=20, description="recent analysed images compared with the bundle's reference")
+
+
+class AuditSettings(_Section):
+    """The blind audit of what a certified site rule finalises (live mode), and the fail-safe it drives."""
+
+    initial_rate: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="share of finalised images audited while a site rule is young (its first initial_images); "
+        "after that worklist.audit_fraction",
+    )
+    initial_images: int = Field(200, ge=0, description="finalised images of a new site rule audited at initial_rate")
+    fallback_on_drift: bool = Field(
+        True, description="a drift alarm (out-of-distribution share, class mix) also returns live mode to shadow"
+    )
 
 
 class WebSettings(_Section):
@@ -386,6 +413,7 @@ class Settings(BaseSettings):
     triage: TriageSettings = Field(default_factory=TriageSettings)
     reports: ReportsSettings = Field(default_factory=ReportsSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")

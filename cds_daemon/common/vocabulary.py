@@ -104,6 +104,7 @@ class ReferralReason(StrEnum):
     QUALITY_EMPTY_FIELD = "quality_empty_field"
     QUALITY_BLUR = "quality_blur"
     NOT_ANALYSED = "not_analysed"  # decoding or report building failed: a person must look at the image
+    SITE_VALIDATION = "site_validation"  # shadow mode: every case is reviewed until a site rule is certified
 
 
 class ReasonInfo(NamedTuple):
@@ -149,7 +150,23 @@ REASONS: dict[ReferralReason, ReasonInfo] = {
     ),
     ReferralReason.QUALITY_BLUR: ReasonInfo(_QUALITY_PRIORITY, "Image quality", "Q-BLUR", "Image out of focus"),
     ReferralReason.NOT_ANALYSED: ReasonInfo(2, "Not analysed", "NOT-ANALYSED", "Image not analysed by the AI"),
+    ReferralReason.SITE_VALIDATION: ReasonInfo(
+        9, "Site validation", "SITE-VALIDATION", "Site validation: every case is reviewed"
+    ),
 }
+
+#: Reasons that only say the case was not finalised (below the threshold, or no rule in force): a field
+#: referred for these alone is a *candidate* for finalisation, the population a finalisation rule is fitted on.
+THRESHOLD_REASONS = frozenset({ReferralReason.LOW_CONFIDENCE, ReferralReason.SITE_VALIDATION})
+
+
+class TriageMode(StrEnum):
+    """What may be finalised without review (``triage.mode``)."""
+
+    SHADOW = "shadow"  # nothing: every image is reviewed, and the reviews build the site calibration pool
+    LIVE = "live"  # the active site rule certified on this site's pool for the loaded bundle
+    BUNDLE = "bundle"  # the rule fitted on the bundle's own calibration split (demos, validated elsewhere)
+
 
 #: Priority of a case that is referred for no listed reason (and the lowest "routine" value).
 ROUTINE_PRIORITY = 9

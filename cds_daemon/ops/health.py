@@ -54,9 +54,17 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class HealthServer:
-    def __init__(self, address: str, port: int, readiness: ReadinessCheck, liveness: ReadinessCheck) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        readiness: ReadinessCheck,
+        liveness: ReadinessCheck,
+        info: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self.readiness = readiness
         self.liveness = liveness
+        self.info = info  # shown beside the verdict (the triage mode in force and why), never changes it
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,7 +81,11 @@ class HealthServer:
                     self._send(404, b'{"error": "not found"}', "application/json")
 
             def _json(self, problems: list[str]) -> None:
-                body = json.dumps({"ok": not problems, "reasons": problems}).encode()
+                try:
+                    extra = outer.info()
+                except Exception as exc:  # the store may be down: the verdict still answers
+                    extra = {"info_error": type(exc).__name__}
+                body = json.dumps({"ok": not problems, "reasons": problems, **extra}).encode()
                 self._send(200 if not problems else 503, body, "application/json")
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:

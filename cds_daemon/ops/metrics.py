@@ -47,8 +47,19 @@ PIPELINE_SECONDS = Histogram(
 
 MONITOR_ALERT = Gauge(
     "cds_monitor_alert",
-    "1 while a production check fails (audit_bound, ood_drift, class_mix_drift), else 0",
+    "1 while a production check fails (audit_bound, site_rule_audit, ood_drift, class_mix_drift), else 0",
     ["kind"],
+    registry=REGISTRY,
+)
+TRIAGE_FINALISING = Gauge(
+    "cds_triage_finalising",
+    "1 while images may be finalised without review (live with an active site rule, or bundle mode), else 0",
+    ["configured", "mode"],
+    registry=REGISTRY,
+)
+TRIAGE_FALLBACKS = Counter(
+    "cds_triage_fallbacks",
+    "Site rules withdrawn by the fail-safe (audit or drift alarm): back to shadow mode",
     registry=REGISTRY,
 )
 AUDIT_UPPER_BOUND = Gauge(

@@ -28,6 +28,7 @@ class AIResult:
     cam: np.ndarray | None = field(compare=False)
     basic_probabilities: tuple[float, ...] | None = None
     premium_probabilities: tuple[float, ...] | None = None
+    finalisation_rule: str | None = None  # finalised without review: the rule that did it, as one line of text
 
     def __post_init__(self) -> None:
         if not self.classes or len(set(self.classes)) != len(self.classes):

@@ -111,6 +111,8 @@ def _ai_group(header: Dataset, result: AIResult, manufacturer: str) -> hd.sr.Mea
         source_images=[_source_image(header)],
     )
     group[0].ContentSequence.extend(_text(codes.REFERRAL_REASON, t) for t in result.reason_texts)
+    if result.finalisation_rule is not None and not result.referred:
+        group[0].ContentSequence.append(_text(codes.FINALISATION_RULE, result.finalisation_rule))
     return group
 
 

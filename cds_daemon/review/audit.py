@@ -1,10 +1,18 @@
 """Watching what the AI finalises in production: the blind audit sample, and drift from the bundle's test split.
 
-- **Audit sample.** A fixed share of finalised images (``worklist.audit_fraction``, chosen from a hash of
-  the SOP Instance UID, so a re-run picks the same ones) also goes to the worklist, unmarked. Reviewers'
-  decisions on them measure the error among finalised images per model version, with its (1 - delta)
-  Clopper-Pearson upper bound. When that bound exceeds the alpha the rule was fitted for, the
-  guarantee no longer holds for this site's images: an alert.
+- **Audit sample.** A share of finalised images (``worklist.audit_fraction``; ``audit.initial_rate`` for a
+  young site rule's first ``audit.initial_images``; chosen from a hash of the SOP Instance UID, so a re-run
+  picks the same ones) also goes to the worklist, unmarked. Reviewers' decisions on them measure the error
+  among finalised images, per model version and per site rule, with its (1 - delta) Clopper-Pearson upper
+  bound (shown) and an anytime-valid test (:func:`cds_daemon.common.binomial.sequential_evidence`).
+- **Evidence, not its absence.** The alarm needs evidence that the error exceeds alpha: the test martingale
+  against "error <= alpha" reaches 1/delta (equivalently, the anytime-valid lower confidence bound exceeds
+  alpha). With few audited images the upper bound is always above alpha; that alone triggers nothing.
+  Repeated looks: the martingale's guarantee (Ville's inequality) holds uniformly over time, so checking
+  after every decision, every hour, for years, keeps the false-alarm chance under delta per rule.
+- **Fail-safe** (:func:`fail_safe`). In live mode, an audit alarm on the active site rule, or a drift
+  alarm (``audit.fallback_on_drift``), withdraws the rule: the daemon is back in shadow mode on every node,
+  says why (log, metric, banner, ``status``) and records it; an admin certifies again.
 - **Drift.** Over the latest ``worklist.drift_window`` analysed images, the share flagged out of
   distribution and the predicted class mix are compared with what the bundle's test split showed
   (``manifest.reference``): three times the OOD share (and five points more), or a class mix more than
@@ -20,11 +28,14 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cds_daemon.common.binomial import binomial_upper_bound
+from cds_daemon.common.binomial import anytime_lower_bound, binomial_upper_bound, sequential_evidence
 from cds_daemon.common.config import Settings
 from cds_daemon.common.manifest import Manifest
-from cds_daemon.common.vocabulary import ReferralReason
-from cds_daemon.store import Store
+from cds_daemon.common.vocabulary import ReferralReason, TriageMode
+from cds_daemon.ops.logs import get_logger
+from cds_daemon.store import SiteRule, Store
+
+log = get_logger("review")
 
 OOD_REASONS = frozenset({ReferralReason.OOD_MAHALANOBIS, ReferralReason.OOD_ENERGY, ReferralReason.OOD_STAIN})
 MIN_WINDOW = 50  # fewer recent images than this: too few to call drift
@@ -38,9 +49,12 @@ def sampled_for_audit(sop_instance_uid: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+ALERT_KINDS = ("audit_bound", "site_rule_audit", "ood_drift", "class_mix_drift")
+
+
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # audit_bound | ood_drift | class_mix_drift
+    kind: str  # one of ALERT_KINDS
     text: str
 
 
@@ -49,29 +63,69 @@ class Monitoring:
     audit: dict[str, dict[str, Any]]  # per model version
     drift: dict[str, Any]
     alerts: list[Alert] = field(default_factory=list)
+    site_rule: dict[str, Any] | None = None  # the active site rule's audit (live mode)
 
     def to_json(self) -> dict[str, Any]:
-        return {"audit": self.audit, "drift": self.drift, "alerts": [asdict(a) for a in self.alerts]}
+        return {
+            "audit": self.audit,
+            "site_rule": self.site_rule,
+            "drift": self.drift,
+            "alerts": [asdict(a) for a in self.alerts],
+        }
 
 
-def check(store: Store, *, alpha: float, delta: float, reference: dict[str, Any] | None, window: int) -> Monitoring:
+def audit_figures(counts: dict[str, int], *, alpha: float, delta: float) -> dict[str, Any]:
+    """The audit counts with their error rate, bounds and whether they show the error above alpha."""
+    n, k = counts["decided"], counts["errors"]
+    evidence = sequential_evidence(k, n, alpha)
+    return {
+        **counts,
+        "error": k / n if n else None,
+        "upper_bound": binomial_upper_bound(k, n, delta),
+        "lower_bound": anytime_lower_bound(k, n, delta),
+        "evidence": evidence,
+        "alpha": alpha,
+        "delta": delta,
+        "exceeded": evidence >= 1.0 / delta,
+    }
+
+
+def check(
+    store: Store,
+    *,
+    alpha: float,
+    delta: float,
+    reference: dict[str, Any] | None,
+    window: int,
+    rule: SiteRule | None = None,
+) -> Monitoring:
     alerts: list[Alert] = []
     audit: dict[str, dict[str, Any]] = {}
     for version, counts in store.audit_results().items():
-        n, k = counts["decided"], counts["errors"]
-        bound = binomial_upper_bound(k, n, delta)
-        audit[version] = {**counts, "error": k / n if n else None, "upper_bound": bound, "alpha": alpha}
-        if n and bound > alpha:
+        audit[version] = figures = audit_figures(counts, alpha=alpha, delta=delta)
+        if figures["exceeded"]:
             alerts.append(
                 Alert(
                     "audit_bound",
-                    f"model {version}: {k} of {n} audited finalised images wrong; the error among finalised "
-                    f"images may be up to {bound:.1%} (at {1 - delta:.0%} confidence), above the {alpha:.1%} "
-                    "the finalisation rule is fitted for",
+                    f"model {version}: {figures['errors']} of {figures['decided']} audited finalised images wrong; "
+                    f"the error among finalised images is above {alpha:.1%} (at least {figures['lower_bound']:.1%}, "
+                    f"at {1 - delta:.0%} confidence, valid however often it is checked)",
+                )
+            )
+    site: dict[str, Any] | None = None
+    if rule is not None:
+        site = {"rule_id": rule.id, **audit_figures(store.rule_audit(rule.id), alpha=rule.alpha, delta=rule.delta)}
+        if site["exceeded"]:
+            alerts.append(
+                Alert(
+                    "site_rule_audit",
+                    f"site rule {rule.id}: {site['errors']} of {site['decided']} audited finalised images wrong; "
+                    f"the error among what it finalises is above its alpha {rule.alpha:.1%} (at least "
+                    f"{site['lower_bound']:.1%}, at {1 - rule.delta:.0%} confidence)",
                 )
             )
     drift, drift_alerts = _drift(store, reference, window)
-    return Monitoring(audit, drift, alerts + drift_alerts)
+    return Monitoring(audit, drift, alerts + drift_alerts, site)
 
 
 def _drift(store: Store, reference: dict[str, Any] | None, window: int) -> tuple[dict[str, Any], list[Alert]]:
@@ -109,16 +163,43 @@ def _drift(store: Store, reference: dict[str, Any] | None, window: int) -> tuple
     return report, alerts
 
 
-def check_for(store: Store, manifest: Manifest | None, settings: Settings) -> Monitoring:
-    """``check`` with the alpha and delta the daemon finalises with and the bundle's reference figures."""
+def check_for(
+    store: Store, manifest: Manifest | None, settings: Settings, model_sha256: str | None = None
+) -> Monitoring:
+    """``check`` with the alpha and delta the daemon finalises with, the bundle's reference figures and, in
+    live mode, the active site rule of the bundle ``model_sha256``."""
     block = manifest.finalisation if manifest is not None else None
     alpha = settings.triage.risk_alpha or (float(block["alpha"]) if block else DEFAULT_ALPHA)
     delta = settings.triage.risk_delta or (float(block["delta"]) if block else DEFAULT_DELTA)
     reference = manifest.raw.get("reference") if manifest is not None else None
+    live = settings.triage.mode == TriageMode.LIVE and model_sha256 is not None
     return check(
         store,
         alpha=alpha,
         delta=delta,
         reference=reference if isinstance(reference, dict) else None,
         window=settings.worklist.drift_window,
+        rule=store.active_rule(model_sha256) if live and model_sha256 is not None else None,
     )
+
+
+DRIFT_KINDS = frozenset({"ood_drift", "class_mix_drift"})
+
+
+def fail_safe(store: Store, settings: Settings, monitoring: Monitoring) -> str | None:
+    """Withdraw the active site rule when the audit or (``audit.fallback_on_drift``) drift says so; the reason,
+    or None when nothing was withdrawn. Every node then reviews everything (shadow) until an admin certifies
+    and activates a rule again."""
+    if settings.triage.mode != TriageMode.LIVE or monitoring.site_rule is None:
+        return None
+    reasons = [a.text for a in monitoring.alerts if a.kind == "site_rule_audit"]
+    if settings.audit.fallback_on_drift:
+        reasons += [f"drift: {a.text}" for a in monitoring.alerts if a.kind in DRIFT_KINDS]
+    if not reasons:
+        return None
+    rule_id = int(monitoring.site_rule["rule_id"])
+    reason = "; ".join(reasons)[:1000]
+    if store.deactivate_rule(rule_id, actor="fail-safe", reason=reason, event="fallback"):
+        log.error("triage_fallback", rule_id=rule_id, mode="shadow", reason=reason)
+        return reason
+    return None

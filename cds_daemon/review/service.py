@@ -22,7 +22,7 @@ from cds_daemon.common.config import Settings
 from cds_daemon.common.manifest import read_manifest
 from cds_daemon.common.vocabulary import OutputKind, ReviewDecision
 from cds_daemon.ops.logs import get_logger
-from cds_daemon.store import Decision, PredictionRecord, Store, User, WorklistItem
+from cds_daemon.store import Decision, PredictionRecord, StateError, Store, User, WorklistItem
 from cds_daemon.store.spool import Spool
 
 if TYPE_CHECKING:  # the report builders pull in highdicom: loaded when a decision is made, not by every CLI call
@@ -109,7 +109,7 @@ class ReviewService:
         self.store = store
         self.results = Spool(settings.storage.results_dir, node=settings.spool_node)
         self.on_queued = on_queued
-        self._lock = threading.Lock()  # two reviewers on one image must not get the same SR sequence number
+        self._lock = threading.Lock()  # one decision at a time from this process (the store serialises nodes)
 
     @property
     def labels(self) -> Labels:
@@ -209,32 +209,38 @@ class ReviewService:
             raise ReviewError(f"the source image {uid} is no longer on disk")
         source = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
         ai_sr = pydicom.dcmread(self.ai_sr_path(uid))
-        sequence = 1 + sum(d.sop_instance_uid == uid for d in self.store.decisions(item.id))
-        sr = build_review_sr(
-            source,
-            ai_sr,
-            reviewer_name=user.full_name or user.username,
-            reviewer_role="Cytopathologist",
-            decision=decision,
-            final_class=final_class,
-            comment=comment,
-            decided_at=datetime.now(UTC),
-            sequence=sequence,
-            result=self.ai_result(uid),
-        )
-        (review_sr,) = write_objects(self.results, [(OutputKind.REVIEW_SR, sr)])
-        made = self.store.record_decision(
-            worklist_id=item.id,
-            sop_instance_uid=uid,
-            reviewer=user.username,
-            decision=decision,
-            ai_class=ai_class,
-            final_class=final_class,
-            comment=comment,
-            review_sr=review_sr,
-            destinations=[d.name for d in self.settings.destinations],
-            actor=actor,
-        )
+        result = self.ai_result(uid)
+        try:
+            # One decision on an image at a time, on every node: the slot holds its sequence number (and so
+            # the review SR's UID) until the decision, its SR in the outbox and its pool row are committed.
+            with self.store.deciding(uid) as slot:
+                sequence = slot.sequence
+                sr = build_review_sr(
+                    source,
+                    ai_sr,
+                    reviewer_name=user.full_name or user.username,
+                    reviewer_role="Cytopathologist",
+                    decision=decision,
+                    final_class=final_class,
+                    comment=comment,
+                    decided_at=datetime.now(UTC),
+                    sequence=sequence,
+                    result=result,
+                )
+                (review_sr,) = write_objects(self.results, [(OutputKind.REVIEW_SR, sr)])
+                made = slot.record(
+                    worklist_id=item.id,
+                    reviewer=user.username,
+                    decision=decision,
+                    ai_class=ai_class,
+                    final_class=final_class,
+                    comment=comment,
+                    review_sr=review_sr,
+                    destinations=[d.name for d in self.settings.destinations],
+                    actor=actor,
+                )
+        except StateError as exc:
+            raise ReviewError(str(exc)) from exc
         log.info(
             "review_decision",
             worklist_id=item.id,

@@ -8,11 +8,17 @@ The durable file spools (received images, result objects) are in :mod:`cds_daemo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
 from cds_daemon.common.clock import timestamp
 from cds_daemon.common.vocabulary import REASONS, ReferralReason
+from cds_daemon.store.calibration import CalibrationStore
 from cds_daemon.store.cases import CaseReport, CaseStore
 from cds_daemon.store.cluster import ClusterStore
-from cds_daemon.store.database import StoreUnavailable, is_database_url
+from cds_daemon.store.database import Session, StoreUnavailable, is_database_url, lock_key
 from cds_daemon.store.instances import TRANSITIONS, InstanceStore
 from cds_daemon.store.records import (
     Decision,
@@ -21,8 +27,11 @@ from cds_daemon.store.records import (
     NewInstance,
     OutboxItem,
     OutputObject,
+    PoolRow,
     PredictionRecord,
+    SiteRule,
     StateError,
+    TriageEvent,
     User,
     WorklistItem,
 )
@@ -41,10 +50,13 @@ __all__ = [
     "NewInstance",
     "OutboxItem",
     "OutputObject",
+    "PoolRow",
     "PredictionRecord",
+    "SiteRule",
     "StateError",
     "Store",
     "StoreUnavailable",
+    "TriageEvent",
     "User",
     "WorklistItem",
     "is_database_url",
@@ -55,7 +67,32 @@ __all__ = [
 AUDIT_PRIORITY = REASONS[ReferralReason.LOW_CONFIDENCE].priority
 
 
-class Store(InstanceStore, CaseStore, WorklistStore, UserStore, StatisticsStore, ClusterStore, SimilarStore):
+@dataclass(frozen=True)
+class DecisionSlot:
+    """The right to record the next decision on one image, inside the store's transaction (``Store.deciding``)."""
+
+    store: Store
+    db: Session
+    sop_instance_uid: str
+    sequence: int
+
+    def record(self, **fields: Any) -> Decision:
+        """:meth:`Store.record_decision`'s fields, less the image: recorded with this slot's sequence."""
+        return self.store._record_decision(
+            self.db, sop_instance_uid=self.sop_instance_uid, sequence=self.sequence, **fields
+        )
+
+
+class Store(
+    InstanceStore,
+    CaseStore,
+    WorklistStore,
+    UserStore,
+    StatisticsStore,
+    ClusterStore,
+    SimilarStore,
+    CalibrationStore,
+):
     """All persistent state of the daemon. Thread-safe."""
 
     def record_result(
@@ -94,6 +131,20 @@ class Store(InstanceStore, CaseStore, WorklistStore, UserStore, StatisticsStore,
             if embedding is not None:
                 self._save_embedding(db, sop_instance_uid, p.model_sha256, embedding)
 
+    @contextmanager
+    def deciding(self, sop_instance_uid: str) -> Iterator[DecisionSlot]:
+        """Decisions on one image one at a time, across nodes: the slot holds the next sequence number until
+        its decision is recorded (a PostgreSQL advisory lock per image; SQLite's write lock), so two
+        reviewers deciding one image at once get sequence n and n + 1, never both n. The unique index on
+        (image, sequence) backs this up."""
+        with self._tx() as db:
+            if self.postgres:
+                db.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(f"decision:{sop_instance_uid}"),))
+            last = db.execute(
+                "SELECT COALESCE(MAX(sequence), 0) FROM decisions WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()[0]
+            yield DecisionSlot(self, db, sop_instance_uid, int(last) + 1)
+
     def record_decision(
         self,
         *,
@@ -108,48 +159,87 @@ class Store(InstanceStore, CaseStore, WorklistStore, UserStore, StatisticsStore,
         destinations: list[str],
         actor: str | None = None,
     ) -> Decision:
-        """Store a reviewer's decision and queue its verified SR; close the case when every image is decided."""
-        now = timestamp()
-        with self._tx() as db:
-            member = db.execute(
-                "SELECT 1 FROM worklist_images WHERE worklist_id = ? AND sop_instance_uid = ?",
-                (worklist_id, sop_instance_uid),
-            ).fetchone()
-            if member is None:
-                raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
-            decision_id = db.execute(
-                "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
-                " comment, review_sr_uid, decided_at) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
-                (
-                    worklist_id,
-                    sop_instance_uid,
-                    reviewer,
-                    decision,
-                    ai_class,
-                    final_class,
-                    comment,
-                    review_sr.object_uid if review_sr else None,
-                    now,
-                ),
-            ).fetchone()[0]
-            if review_sr is not None:
-                self._queue(db, sop_instance_uid, review_sr, destinations, now, replace=False)
-            open_images = db.execute(
-                "SELECT COUNT(*) FROM worklist_images wi WHERE wi.worklist_id = ? AND NOT EXISTS"
-                " (SELECT 1 FROM decisions d WHERE d.worklist_id = wi.worklist_id"
-                " AND d.sop_instance_uid = wi.sop_instance_uid)",
-                (worklist_id,),
-            ).fetchone()[0]
-            if open_images == 0:
-                db.execute("UPDATE worklist SET status = 'done', updated_at = ? WHERE id = ?", (now, worklist_id))
-            self._audit(
-                db,
-                actor or reviewer,
-                f"decision:{decision}",
-                sop_instance_uid,
-                {"worklist_id": worklist_id, "reviewer": reviewer, "ai_class": ai_class, "final_class": final_class},
+        """Store a reviewer's decision (the next in sequence for the image) and queue its verified SR."""
+        with self.deciding(sop_instance_uid) as slot:
+            return slot.record(
+                worklist_id=worklist_id,
+                reviewer=reviewer,
+                decision=decision,
+                ai_class=ai_class,
+                final_class=final_class,
+                comment=comment,
+                review_sr=review_sr,
+                destinations=destinations,
+                actor=actor,
             )
-            row = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+
+    def _record_decision(
+        self,
+        db: Session,
+        *,
+        worklist_id: int,
+        sop_instance_uid: str,
+        sequence: int,
+        reviewer: str,
+        decision: str,
+        ai_class: str | None,
+        final_class: str | None,
+        comment: str | None,
+        review_sr: OutputObject | None,
+        destinations: list[str],
+        actor: str | None = None,
+    ) -> Decision:
+        """The decision row, its SR in the outbox, its pool row (shadow mode) and the case closed when every
+        image is decided: one transaction."""
+        now = timestamp()
+        member = db.execute(
+            "SELECT 1 FROM worklist_images WHERE worklist_id = ? AND sop_instance_uid = ?",
+            (worklist_id, sop_instance_uid),
+        ).fetchone()
+        if member is None:
+            raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
+        decision_id = db.execute(
+            "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
+            " comment, review_sr_uid, decided_at, sequence) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            (
+                worklist_id,
+                sop_instance_uid,
+                reviewer,
+                decision,
+                ai_class,
+                final_class,
+                comment,
+                review_sr.object_uid if review_sr else None,
+                now,
+                sequence,
+            ),
+        ).fetchone()[0]
+        if review_sr is not None:
+            self._queue(db, sop_instance_uid, review_sr, destinations, now, replace=False)
+        pooled = self._pool_add(db, sop_instance_uid, decision_id, final_class, now)
+        open_images = db.execute(
+            "SELECT COUNT(*) FROM worklist_images wi WHERE wi.worklist_id = ? AND NOT EXISTS"
+            " (SELECT 1 FROM decisions d WHERE d.worklist_id = wi.worklist_id"
+            " AND d.sop_instance_uid = wi.sop_instance_uid)",
+            (worklist_id,),
+        ).fetchone()[0]
+        if open_images == 0:
+            db.execute("UPDATE worklist SET status = 'done', updated_at = ? WHERE id = ?", (now, worklist_id))
+        self._audit(
+            db,
+            actor or reviewer,
+            f"decision:{decision}",
+            sop_instance_uid,
+            {
+                "worklist_id": worklist_id,
+                "reviewer": reviewer,
+                "ai_class": ai_class,
+                "final_class": final_class,
+                "sequence": sequence,
+                "calibration_pool": pooled,
+            },
+        )
+        row = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
         return Decision(**dict(row))
 
     def mark_delivered(self, item_id: int, *, actor: str) -> bool:

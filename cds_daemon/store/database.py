@@ -246,7 +246,7 @@ class StoreBase:
         """
         if self.postgres:
             with self._tx() as db:
-                db.execute("SELECT pg_advisory_xact_lock(?)", (_lock_key("cds-migrate"),))
+                db.execute("SELECT pg_advisory_xact_lock(?)", (lock_key("cds-migrate"),))
                 db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 row = db.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
@@ -327,7 +327,7 @@ class StoreBase:
             return
         with self._pg_connection() as conn:
             session = _PgSession(conn)
-            key = _lock_key(f"job:{name}")
+            key = lock_key(f"job:{name}")
             got = bool(session.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0])
             conn.commit()
             if not got:
@@ -350,7 +350,7 @@ class StoreBase:
                 conn.commit()
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A stable 32-bit advisory-lock key for a name (the same on every node)."""
     return zlib.crc32(name.encode())
 

@@ -223,13 +223,16 @@ class InstanceStore(StoreBase):
         """The image's prediction, replacing an earlier one (a re-run)."""
         db.execute(
             """INSERT INTO predictions (sop_instance_uid, model_name, model_version, model_sha256,
-                   predicted, probabilities, referred, reasons, detail, created_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?)
+                   predicted, probabilities, referred, reasons, detail, created_at,
+                   triage_mode, rule_id, finalisation_confidence, candidate)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT (sop_instance_uid) DO UPDATE SET model_name = excluded.model_name,
                    model_version = excluded.model_version, model_sha256 = excluded.model_sha256,
                    predicted = excluded.predicted, probabilities = excluded.probabilities,
                    referred = excluded.referred, reasons = excluded.reasons, detail = excluded.detail,
-                   created_at = excluded.created_at""",
+                   created_at = excluded.created_at, triage_mode = excluded.triage_mode,
+                   rule_id = excluded.rule_id, finalisation_confidence = excluded.finalisation_confidence,
+                   candidate = excluded.candidate""",
             (
                 uid,
                 p.model_name,
@@ -241,6 +244,10 @@ class InstanceStore(StoreBase):
                 json.dumps(p.reasons),
                 json.dumps(p.detail),
                 now,
+                p.triage_mode,
+                p.rule_id,
+                p.finalisation_confidence,
+                None if p.candidate is None else int(p.candidate),
             ),
         )
 
@@ -262,6 +269,10 @@ class InstanceStore(StoreBase):
             reasons=json.loads(row["reasons"]),
             detail=detail,
             priority=int(detail.get("priority", ROUTINE_PRIORITY)),
+            triage_mode=row["triage_mode"],
+            rule_id=row["rule_id"],
+            finalisation_confidence=row["finalisation_confidence"],
+            candidate=None if row["candidate"] is None else bool(row["candidate"]),
         )
 
     def record_rejection(

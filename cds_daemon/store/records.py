@@ -85,6 +85,10 @@ class PredictionRecord:
     reasons: list[str]
     detail: dict[str, Any]
     priority: int = ROUTINE_PRIORITY  # worklist priority when referred (triage decides it)
+    triage_mode: str | None = None  # the mode that decided it: shadow (reviews enter the pool), live, bundle
+    rule_id: int | None = None  # the site rule in force (live mode)
+    finalisation_confidence: float | None = None  # what the finalisation threshold applies to
+    candidate: bool | None = None  # nothing but the threshold (or shadow mode) referred it
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Decision:
     comment: str | None
     review_sr_uid: str | None
     decided_at: str
+    sequence: int | None = None  # 1, 2, ... per image: the review SR's instance number
 
 
 @dataclass(frozen=True)
@@ -144,3 +149,61 @@ class NewInstance:
     size_bytes: int
     sha256: str
     case_key: str  # the worklist case this image belongs to (review.cases decides)
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    """One image reviewed in shadow mode: the site calibration pool a site rule is certified on."""
+
+    id: int
+    model_sha256: str
+    sop_instance_uid: str
+    decision_id: int
+    confidence: float
+    candidate: bool
+    ai_class: str
+    final_class: str | None  # None: non-diagnostic (counts as an error of the AI)
+    added_at: str
+
+    @property
+    def error(self) -> bool:
+        return self.final_class != self.ai_class
+
+
+@dataclass(frozen=True)
+class SiteRule:
+    """A finalisation rule certified on a site's own pool, bound to one bundle."""
+
+    id: int
+    model_sha256: str
+    alpha: float
+    delta: float
+    threshold: float | None
+    n_pool: int
+    n_candidates: int
+    n_finalised: int
+    errors: int
+    upper_bound: float
+    method: str
+    pool_max_id: int
+    certified_by: str
+    certified_at: str
+    active: bool
+    activated_by: str | None
+    activated_at: str | None
+    deactivated_by: str | None
+    deactivated_at: str | None
+    deactivation_reason: str | None
+
+
+@dataclass(frozen=True)
+class TriageEvent:
+    """A change of what is finalised: certified, activated, deactivated, fallback."""
+
+    id: int
+    at: str
+    model_sha256: str
+    rule_id: int | None
+    event: str
+    actor: str
+    reason: str | None

@@ -222,4 +222,64 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX embeddings_model ON embeddings (model_sha256);
     """,
+    # Site calibration (triage modes): how each prediction was triaged (mode, the site rule that finalised it,
+    # the finalisation confidence and whether nothing but the threshold referred it); the pool of images reviewed
+    # in shadow mode, one row per image and bundle (a changed decision updates it); the certified site rules,
+    # at most one active per bundle; and the history of activations and fallbacks. A decision's sequence
+    # number is unique per image: two nodes deciding one image at once cannot both write review SR n.
+    """
+    ALTER TABLE predictions ADD COLUMN triage_mode TEXT;
+    ALTER TABLE predictions ADD COLUMN rule_id INTEGER;
+    ALTER TABLE predictions ADD COLUMN finalisation_confidence DOUBLE PRECISION;
+    ALTER TABLE predictions ADD COLUMN candidate INTEGER;
+    CREATE INDEX predictions_rule ON predictions (rule_id);
+    ALTER TABLE decisions ADD COLUMN sequence INTEGER;
+    UPDATE decisions SET sequence = (SELECT COUNT(*) FROM decisions x
+        WHERE x.sop_instance_uid = decisions.sop_instance_uid AND x.id <= decisions.id);
+    CREATE UNIQUE INDEX decisions_sequence ON decisions (sop_instance_uid, sequence);
+    CREATE TABLE calibration_pool (
+        id INTEGER PRIMARY KEY,
+        model_sha256 TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        decision_id INTEGER NOT NULL,
+        confidence DOUBLE PRECISION NOT NULL,
+        candidate INTEGER NOT NULL,
+        ai_class TEXT NOT NULL,
+        final_class TEXT,
+        added_at TEXT NOT NULL,
+        UNIQUE (model_sha256, sop_instance_uid)
+    );
+    CREATE TABLE site_rules (
+        id INTEGER PRIMARY KEY,
+        model_sha256 TEXT NOT NULL,
+        alpha DOUBLE PRECISION NOT NULL,
+        delta DOUBLE PRECISION NOT NULL,
+        threshold DOUBLE PRECISION,
+        n_pool INTEGER NOT NULL,
+        n_candidates INTEGER NOT NULL,
+        n_finalised INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        upper_bound DOUBLE PRECISION NOT NULL,
+        method TEXT NOT NULL,
+        pool_max_id INTEGER NOT NULL,
+        certified_by TEXT NOT NULL,
+        certified_at TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        activated_by TEXT,
+        activated_at TEXT,
+        deactivated_by TEXT,
+        deactivated_at TEXT,
+        deactivation_reason TEXT
+    );
+    CREATE UNIQUE INDEX site_rules_active ON site_rules (model_sha256) WHERE active = 1;
+    CREATE TABLE triage_events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        rule_id INTEGER,
+        event TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT
+    );
+    """,
 )

@@ -26,17 +26,21 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from cds_daemon.analysis import calibration
+from cds_daemon.analysis.policy import BundleRules, resolve
 from cds_daemon.common.config import Settings
+from cds_daemon.common.vocabulary import TriageMode
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.review.audit import Alert, check_for
 from cds_daemon.review.auth import LoginThrottle, authenticate
 from cds_daemon.review.jobs import age_text
 from cds_daemon.review.service import ReviewError, ReviewService
 from cds_daemon.review.similar import SimilarIndex
-from cds_daemon.store import Store, WorklistItem
-from cds_daemon.web import imaging, present
+from cds_daemon.store import Store, StoreUnavailable, WorklistItem
+from cds_daemon.web import imaging, plots, present
 from cds_daemon.web.security import (
     SessionRegistry,
     admin_required,
@@ -79,6 +83,7 @@ class WebContext:
     thumbnails: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
     similar: SimilarIndex = field(init=False)
     heatmaps: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
+    _rules: BundleRules | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = SessionRegistry(self.store, self.settings.web.session_minutes * 60)
@@ -89,6 +94,30 @@ class WebContext:
     @property
     def engine_sha(self) -> str | None:
         return None if self.engine is None else self.engine.identity
+
+    def bundle_rules(self) -> BundleRules | None:
+        """The loaded bundle's identity and own rule (read from the bundle when this process has no engine)."""
+        if self.engine is not None:
+            return self.engine.rules
+        if self._rules is None and self.settings.model_bundle is not None:
+            try:
+                self._rules = BundleRules.of(self.settings.model_bundle)
+            except (OSError, ValueError):
+                return None
+        return self._rules
+
+    def triage_notice(self) -> tuple[str, str] | None:
+        """("alert" | "info", text) for the banner: why every case is reviewed, when it is."""
+        rules = self.bundle_rules()
+        if rules is None:
+            return None
+        try:
+            policy = resolve(self.settings, rules, self.store)
+        except StoreUnavailable:
+            return ("alert", "the database does not answer")
+        if policy.mode != TriageMode.SHADOW:
+            return None
+        return ("alert" if policy.configured == TriageMode.LIVE else "info", policy.why)
 
 
 MAX_USERNAME = 64
@@ -139,7 +168,9 @@ def create_app(ctx: WebContext) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         TEMPLATES_AUTO_RELOAD=False,
     )
-    app.jinja_env.globals.update(csrf_token=csrf_token, reason_label=present.reason_label, alerts=ctx.alerts)
+    app.jinja_env.globals.update(
+        csrf_token=csrf_token, reason_label=present.reason_label, alerts=ctx.alerts, triage_notice=ctx.triage_notice
+    )
     app.jinja_env.globals.update(STATUS_LABELS=present.STATUS_LABELS, PRIORITY_LABELS=present.PRIORITY_LABELS)
     app.after_request(secure_headers)
     app.config["CDS_STORE"] = ctx.store
@@ -168,6 +199,7 @@ def create_app(ctx: WebContext) -> Flask:
     _register_worklist(app, ctx)
     _register_case(app, ctx)
     _register_admin(app, ctx)
+    _register_calibration(app, ctx)
     return app
 
 
@@ -403,3 +435,91 @@ def _register_admin(app: Flask, ctx: WebContext) -> None:
             referral=ctx.store.referral_stats(),
             users=ctx.store.users(),
         )
+
+
+def _register_calibration(app: Flask, ctx: WebContext) -> None:
+    """The site calibration page: pool, certifiable rule, projection, certified rules; certify and activate
+    need the admin's password again (a second factor of intent), and every attempt is audited."""
+
+    def rules_or_404() -> BundleRules:
+        rules = ctx.bundle_rules()
+        if rules is None:
+            abort(404)
+        return rules
+
+    @app.get("/admin/calibration")
+    @admin_required
+    def calibration_page() -> Any:
+        rules = rules_or_404()
+        report = calibration.status(ctx.settings, ctx.store, rules)
+        would = report["would_certify"]
+        chart = plots.risk_coverage_svg(report["risk_coverage"], report["alpha"], would["threshold"] if would else None)
+        _audit(g.user.username, "web:calibration", None)
+        return render_template("calibration.html", report=report, chart=Markup(chart), labels=ctx.review.labels)
+
+    def confirmed_admin(action: str) -> str | None:
+        """The signed-in admin, after their password; None (flashed, audited) when it is wrong."""
+        address = request.remote_addr or "unknown"
+        username = g.user.username
+        if ctx.throttle.wait_s(address, username) > 0:
+            flash("Too many failed attempts. Try again later.", "error")
+            return None
+        password = request.form.get("password", "")[:MAX_PASSWORD]
+        if authenticate(ctx.store, username, password) is None:
+            ctx.throttle.failed(address, username)
+            _audit(username, f"web:calibration-{action}-refused", None)
+            flash("Wrong password: nothing was changed.", "error")
+            return None
+        ctx.throttle.succeeded(address, username)
+        return f"{username} (web)"
+
+    def form_float(name: str, default: float) -> float:
+        try:
+            value = float(request.form.get(name, "") or default)
+        except ValueError:
+            abort(400)
+        if not 0.0 < value < 1.0:
+            abort(400)
+        return value
+
+    @app.post("/admin/calibration/certify")
+    @admin_required
+    def calibration_certify() -> Any:
+        rules = rules_or_404()
+        actor = confirmed_admin("certify")
+        if actor is not None:
+            alpha = form_float("alpha", ctx.settings.triage.risk_alpha or 0.02)
+            delta = form_float("delta", ctx.settings.triage.risk_delta or 0.1)
+            try:
+                rule = calibration.certify(ctx.store, rules, alpha=alpha, delta=delta, actor=actor)
+                flash(f"Site rule {rule.id} certified. It is not in force until it is activated.", "ok")
+            except calibration.CalibrationError as exc:
+                flash(str(exc), "error")
+        return redirect(url_for("calibration_page"))
+
+    @app.post("/admin/calibration/activate")
+    @admin_required
+    def calibration_activate() -> Any:
+        rules = rules_or_404()
+        actor = confirmed_admin("activate")
+        if actor is not None:
+            try:
+                rule = calibration.activate(ctx.store, rules, int(request.form.get("rule_id", "0")), actor=actor)
+                flash(f"Site rule {rule.id} is active: every node finalises with it from the next image.", "ok")
+            except (calibration.CalibrationError, ValueError) as exc:
+                flash(str(exc), "error")
+        return redirect(url_for("calibration_page"))
+
+    @app.post("/admin/calibration/deactivate")
+    @admin_required
+    def calibration_deactivate() -> Any:
+        rules = rules_or_404()
+        actor = confirmed_admin("deactivate")
+        if actor is not None:
+            reason = request.form.get("reason", "").strip()[:500] or "deactivated on the admin page"
+            try:
+                rule = calibration.deactivate(ctx.store, rules, actor=actor, reason=reason)
+                flash(f"Site rule {rule.id} deactivated: every case is reviewed again.", "ok")
+            except calibration.CalibrationError as exc:
+                flash(str(exc), "error")
+        return redirect(url_for("calibration_page"))

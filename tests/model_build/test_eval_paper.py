@@ -1,4 +1,4 @@
-"""Reproduce the ThyroidEffi 1.0 paper's numbers from its own per-image logits (shared/data).
+"""Reproduce the ThyroidEffi 1.0 paper's numbers from its own per-image logits (model_build/data, in the repo).
 
 Conventions that matter (see model_build.metrics / evaluate_logits):
 - Basic = argmax of row 0 (whole image); 13-view = argmax of the *mean* of the 13 logit rows (same argmax
@@ -21,14 +21,10 @@ from cds_daemon.analysis.numeric import softmax
 from model_build import metrics
 from model_build.calibration import fit_temperature
 from model_build.evaluate_logits import BASIC_RAW, BASIC_SCALED, VIEW_MEAN, run_evaluate_logits
-from model_build.logits_csv import default_data_dir, load_split
+from model_build.logits_csv import PACKAGED_DATA_DIR, default_data_dir, load_split
 from model_build.report import FIGURES
 
 DATA = default_data_dir()
-pytestmark = pytest.mark.skipif(
-    not DATA.is_dir(),
-    reason=f"paper logits not found at {DATA} (set CDS_SHARED_DIR to the shared/ folder)",
-)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -41,6 +37,13 @@ def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("evaluate-logits")
     return run_evaluate_logits(DATA, out, n_boot=200, seed=0), out
+
+
+def test_the_logits_ship_with_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CDS_SHARED_DIR", raising=False)
+    assert default_data_dir() == PACKAGED_DATA_DIR == REPO / "model_build" / "data" / "thyroideffi_logits"
+    assert all((PACKAGED_DATA_DIR / f"{s}_not_aug.csv").is_file() for s in ("train", "val", "test"))
+    assert "github.com/Harito97/Research_ThyroidFNA_ClassAI" in (PACKAGED_DATA_DIR / "README.md").read_text()
 
 
 def test_split_sizes(splits: dict) -> None:

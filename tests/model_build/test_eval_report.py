@@ -15,11 +15,11 @@ import pytest
 from cds_daemon.analysis.numeric import softmax
 from model_build import metrics
 from model_build.__main__ import COMMANDS, build_parser, main
-from model_build.logits_csv import default_data_dir, read_logits_csv, shared_dir
+from model_build.logits_csv import PACKAGED_DATA_DIR, default_data_dir, read_logits_csv, shared_dir
 from model_build.report import FIGURES, render_markdown, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["metrics", "calibration", "conformal", "report", "logits_csv", "evaluate_logits", "__main__"]
+MODULES = ["metrics", "calibration", "conformal", "report", "logits_csv", "evaluate_logits", "robustness", "__main__"]
 NAMES = ["Benign", "Indeterminate/Suspicious", "Malignant"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -116,8 +116,15 @@ def test_read_logits_csv_rejects_bad_rows(tmp_path: Path, row: tuple, match: str
 def test_shared_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CDS_SHARED_DIR", raising=False)
     assert shared_dir() == REPO.parent / "shared"
+    assert default_data_dir() == PACKAGED_DATA_DIR
     monkeypatch.setenv("CDS_SHARED_DIR", str(tmp_path))
-    assert default_data_dir() == tmp_path / "data" / "thyroideffi_logits"
+    assert shared_dir() == tmp_path
+    assert default_data_dir() == PACKAGED_DATA_DIR  # the variable's folder lacks the CSVs
+    logits = tmp_path / "data" / "thyroideffi_logits"
+    logits.mkdir(parents=True)
+    for split in ("val", "test"):
+        (logits / f"{split}_not_aug.csv").write_text("label,predicted_vector\n")
+    assert default_data_dir() == logits
 
 
 def test_cli_parser_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +162,7 @@ def test_no_torch_and_lazy_matplotlib(module: str) -> None:
 def test_importing_the_evaluation_modules_loads_neither_torch_nor_matplotlib() -> None:
     code = (
         "import sys, model_build; before = set(sys.modules)\n"
-        "import model_build.evaluate_logits, model_build.report, model_build.__main__\n"
+        "import model_build.evaluate_logits, model_build.robustness, model_build.report, model_build.__main__\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(sorted(new & {'torch', 'matplotlib'}))\n"
     )

@@ -85,6 +85,9 @@ class DaemonProcess:
     bundle: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
+    # The installation default is shadow (everything reviewed); most tests exercise finalisation with the
+    # bundle's own rule. An environment variable, so that extra_config may still hold a [triage] table.
+    triage_mode: str = "bundle"
     shared_data: Path | None = None  # a data directory other daemons use too (a cluster)
     database_url: str | None = None
     node_id: str | None = None
@@ -161,7 +164,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        env = {**os.environ, "CDS_CONFIG": str(self.config_path), **self.extra_env}
+        env = {**os.environ, "CDS_CONFIG": str(self.config_path), "CDS_TRIAGE__MODE": self.triage_mode, **self.extra_env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cds_daemon", "serve"], cwd=self.workdir, env=env, stdout=log, stderr=log
@@ -217,14 +220,15 @@ class DaemonProcess:
                 events.append(json.loads(line))
         return events
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "CDS_CONFIG": str(self.config_path)}
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CDS_CONFIG": str(self.config_path), "CDS_TRIAGE__MODE": self.triage_mode}
         return subprocess.run(
             [sys.executable, "-m", "cds_daemon", *args],
             cwd=self.workdir,
-            env=env,
+            env={**env, **self.extra_env},
             capture_output=True,
             text=True,
+            input=stdin,
         )
 
 

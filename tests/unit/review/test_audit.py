@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_daemon.review.audit import MIN_WINDOW, check, sampled_for_audit
+from cds_daemon.review.audit import MIN_WINDOW, audit_figures, check, sampled_for_audit
 from cds_daemon.review.cases import case_key
 from cds_daemon.store import NewInstance, OutputObject, PredictionRecord, Store
 
@@ -56,8 +56,8 @@ def test_audited_errors_and_their_bound(tmp_path: Path) -> None:
     assert sorted(u for item in items for u in item.images) == [f"1.9.{i}" for i in range(10)]
     assert all(item.reasons == () for item in items)  # looks like any case: no audit marker for reviewers
     for n, item in enumerate(items):
-        final = "malignant" if n < 2 else "benign"
-        decision = "change" if n < 2 else "confirm"
+        final = "malignant" if n < 3 else "benign"
+        decision = "change" if n < 3 else "confirm"
         review_sr = OutputObject("review-sr", f"2.9.{n}", "1.2.840.10008.5.1.4.1.1.88.33", "/x")
         store.record_decision(
             worklist_id=item.id,
@@ -70,12 +70,17 @@ def test_audited_errors_and_their_bound(tmp_path: Path) -> None:
             review_sr=review_sr,
             destinations=[],
         )
-    assert store.audit_results() == {"1.0": {"sampled": 10, "decided": 10, "errors": 2}}
+    assert store.audit_results() == {"1.0": {"sampled": 10, "decided": 10, "errors": 3}}
     result = check(store, alpha=0.02, delta=0.1, reference=None, window=200)
     audit = result.audit["1.0"]
-    assert audit["error"] == pytest.approx(0.2) and 0.2 < audit["upper_bound"] < 0.6
+    assert audit["error"] == pytest.approx(0.3) and 0.3 < audit["upper_bound"] < 0.7
+    assert audit["exceeded"] and 0.02 < audit["lower_bound"] < 0.3
     assert [a.kind for a in result.alerts] == ["audit_bound"]
-    assert "2 of 10 audited finalised images wrong" in result.alerts[0].text
+    assert "3 of 10 audited finalised images wrong" in result.alerts[0].text
+    # Two errors in ten at alpha 2%: the upper bound is far above alpha, but that is no evidence yet, and the
+    # anytime-valid test (it may be looked at after every decision) does not reject at delta 0.1.
+    two = audit_figures({"sampled": 10, "decided": 10, "errors": 2}, alpha=0.02, delta=0.1)
+    assert two["upper_bound"] > 0.02 and not two["exceeded"]
 
 
 def test_drift_from_the_bundles_reference(tmp_path: Path) -> None:
