@@ -26,7 +26,7 @@ from cds_daemon.store import PoolRow, SiteRule, StateError, Store
 
 #: Pool sizes the projection looks at (as ``evaluate-logits --power``), beside the pool's own size.
 POWER_SIZES = (271, 542, 1000, 2000, 4000)
-POWER_REPS = 100
+POWER_REPS = 50
 
 
 class CalibrationError(Exception):

@@ -318,6 +318,12 @@ class AuditSettings(_Section):
         "after that worklist.audit_fraction",
     )
     initial_images: int = Field(200, ge=0, description="finalised images of a new site rule audited at initial_rate")
+    min_audited: int = Field(
+        10,
+        ge=1,
+        description="decided audit images before the audit may raise its alarm: one early error is a fact about "
+        "one image, not yet about the rule (the test stays valid: waiting only lowers false alarms)",
+    )
     fallback_on_drift: bool = Field(
         True, description="a drift alarm (out-of-distribution share, class mix) also returns live mode to shadow"
     )

@@ -7,7 +7,8 @@
   bound (shown) and an anytime-valid test (:func:`cds_daemon.common.binomial.sequential_evidence`).
 - **Evidence, not its absence.** The alarm needs evidence that the error exceeds alpha: the test martingale
   against "error <= alpha" reaches 1/delta (equivalently, the anytime-valid lower confidence bound exceeds
-  alpha). With few audited images the upper bound is always above alpha; that alone triggers nothing.
+  alpha), once at least ``audit.min_audited`` audited images are decided. With few audited images the
+  upper bound is always above alpha; that alone triggers nothing.
   Repeated looks: the martingale's guarantee (Ville's inequality) holds uniformly over time, so checking
   after every decision, every hour, for years, keeps the false-alarm chance under delta per rule.
 - **Fail-safe** (:func:`fail_safe`). In live mode, an audit alarm on the active site rule, or a drift
@@ -74,8 +75,9 @@ class Monitoring:
         }
 
 
-def audit_figures(counts: dict[str, int], *, alpha: float, delta: float) -> dict[str, Any]:
-    """The audit counts with their error rate, bounds and whether they show the error above alpha."""
+def audit_figures(counts: dict[str, int], *, alpha: float, delta: float, min_audited: int = 10) -> dict[str, Any]:
+    """The audit counts with their error rate, bounds and whether they show the error above alpha (from
+    ``min_audited`` decided images on)."""
     n, k = counts["decided"], counts["errors"]
     evidence = sequential_evidence(k, n, alpha)
     return {
@@ -86,7 +88,7 @@ def audit_figures(counts: dict[str, int], *, alpha: float, delta: float) -> dict
         "evidence": evidence,
         "alpha": alpha,
         "delta": delta,
-        "exceeded": evidence >= 1.0 / delta,
+        "exceeded": n >= min_audited and evidence >= 1.0 / delta,
     }
 
 
@@ -98,11 +100,12 @@ def check(
     reference: dict[str, Any] | None,
     window: int,
     rule: SiteRule | None = None,
+    min_audited: int = 10,
 ) -> Monitoring:
     alerts: list[Alert] = []
     audit: dict[str, dict[str, Any]] = {}
     for version, counts in store.audit_results().items():
-        audit[version] = figures = audit_figures(counts, alpha=alpha, delta=delta)
+        audit[version] = figures = audit_figures(counts, alpha=alpha, delta=delta, min_audited=min_audited)
         if figures["exceeded"]:
             alerts.append(
                 Alert(
@@ -114,7 +117,11 @@ def check(
             )
     site: dict[str, Any] | None = None
     if rule is not None:
-        site = {"rule_id": rule.id, **audit_figures(store.rule_audit(rule.id), alpha=rule.alpha, delta=rule.delta)}
+        counts = store.rule_audit(rule.id)
+        site = {
+            "rule_id": rule.id,
+            **audit_figures(counts, alpha=rule.alpha, delta=rule.delta, min_audited=min_audited),
+        }
         if site["exceeded"]:
             alerts.append(
                 Alert(
@@ -180,6 +187,7 @@ def check_for(
         reference=reference if isinstance(reference, dict) else None,
         window=settings.worklist.drift_window,
         rule=store.active_rule(model_sha256) if live and model_sha256 is not None else None,
+        min_audited=settings.audit.min_audited,
     )
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cds_daemon.analysis.risk import fit_finalisation, rule_from_manifest
+from cds_daemon.analysis.risk import fit_finalisation, power_curve, reviews_for_stable_rule, rule_from_manifest
 from cds_daemon.common.binomial import binomial_cdf, binomial_upper_bound, min_sample_size
 
 
@@ -66,3 +66,41 @@ def test_ties_are_finalised_together_and_the_manifest_refits() -> None:
     assert rule_from_manifest(block) == rule
     stricter = rule_from_manifest(block, alpha=0.01)  # would need 230 error-free fields: there are 180
     assert stricter.alpha == 0.01 and stricter.threshold is None
+
+
+def _reference_fit(score: np.ndarray, wrong: np.ndarray, cand: np.ndarray, alpha: float, delta: float) -> tuple:
+    """The fixed sequence written as plainly as possible (one scalar test per threshold)."""
+    order = np.argsort(-score[cand], kind="stable")
+    s, w = score[cand][order], wrong[cand][order]
+    best, n = None, 0
+    while n < s.size:
+        n = int(np.searchsorted(-s, -s[n], side="right"))
+        if n < min_sample_size(alpha, delta):
+            continue
+        k = int(w[:n].sum())
+        if binomial_cdf(k, n, alpha) > delta:
+            break
+        best = (float(s[n - 1]), n, k)
+    return best or (None, 0, 0)
+
+
+def test_the_vectorised_sequence_equals_the_plain_one() -> None:
+    rng = np.random.default_rng(99)
+    for trial in range(60):
+        n = int(rng.integers(50, 3000))
+        score, wrong, cand = _population(rng, n)
+        score = np.round(score, int(rng.integers(1, 4)))  # ties of every size
+        alpha, delta = (0.02, 0.1) if trial % 2 else (0.05, 0.2)
+        rule = fit_finalisation(score, wrong, cand, alpha=alpha, delta=delta)
+        assert (rule.threshold, rule.n_finalised, rule.errors) == _reference_fit(score, wrong, cand, alpha, delta)
+
+
+def test_power_curve_grows_with_the_pool_and_says_when_a_rule_is_stable() -> None:
+    rng = np.random.default_rng(5)
+    score, wrong, cand = _population(rng, 800)
+    points = power_curve(score, wrong, cand, (100, 400, 4000), alpha=0.02, delta=0.1, reps=60)
+    assert points[0].coverage_mean == 0.0  # 100 < min_sample_size(0.02, 0.1): nothing can be certified
+    assert points[2].coverage_mean > points[1].coverage_mean > 0.0
+    assert points[2].coverage_p10 >= 0.8 * points[2].coverage_mean
+    assert reviews_for_stable_rule(points, 800) == 3200
+    assert reviews_for_stable_rule(points[:1], 800) is None
