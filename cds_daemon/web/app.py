@@ -423,7 +423,8 @@ def _register_admin(app: Flask, ctx: WebContext) -> None:
         rows = [c for c in [*labels.classes, "none"] if c in agreement["pairs"]]
         counts = ctx.store.worklist_counts()
         _audit(g.user.username, "web:admin", None)
-        monitoring = check_for(ctx.store, ctx.engine.manifest if ctx.engine is not None else None, ctx.settings)
+        manifest = ctx.engine.manifest if ctx.engine is not None else None
+        monitoring = check_for(ctx.store, manifest, ctx.settings, ctx.engine_sha)
         return render_template(
             "admin.html",
             monitoring=monitoring,

@@ -164,7 +164,12 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        env = {**os.environ, "CDS_CONFIG": str(self.config_path), "CDS_TRIAGE__MODE": self.triage_mode, **self.extra_env}
+        env = {
+            **os.environ,
+            "CDS_CONFIG": str(self.config_path),
+            "CDS_TRIAGE__MODE": self.triage_mode,
+            **self.extra_env,
+        }
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cds_daemon", "serve"], cwd=self.workdir, env=env, stdout=log, stderr=log

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from cds_daemon.analysis.engine import Engine
 from cds_daemon.analysis.pipeline import prediction_record, process_image
-from cds_daemon.common.config import Destination, Settings, StorageSettings, WebSettings
+from cds_daemon.common.config import Destination, Settings, StorageSettings, TriageSettings, WebSettings
+from cds_daemon.common.vocabulary import TriageMode
 from cds_daemon.reports.files import write_objects
 from cds_daemon.store import Store, WorklistItem
 from cds_daemon.store.spool import Spool
@@ -22,6 +23,7 @@ def review_settings(data_dir: Path, bundle: Path, database_url: str | None = Non
         model_bundle=bundle,
         destinations=[Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)],
         web=WebSettings(port=0, max_failed_logins=3),
+        triage=TriageSettings(mode=TriageMode.BUNDLE),
     )
 
 
