@@ -225,3 +225,56 @@ def test_a_case_decided_at_once_shows_as_similar_confirmed_cases_in_the_next_cas
     d.save_screenshot(str(shot))
     if os.environ.get("CDS_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, REPO / "docs" / "review_similar_cases.png")
+
+
+def test_an_admin_certifies_and_activates_a_site_rule_in_the_browser(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, browser, tmp_path: Path
+) -> None:
+    """The calibration page of a live-mode daemon whose pool holds the paper's 542 val + test images as shadow
+    reviews: the banner says why everything is reviewed; certify and activate, each after the admin's
+    password; the banner goes, and the daemon's health says live."""
+    from selenium.webdriver.common.by import By
+
+    from cds_daemon.common.manifest import bundle_identity
+    from cds_daemon.store import Store
+    from tests.support.site_pool import fill_from_paper_logits
+
+    web_port = free_port()
+    daemon = make_daemon(bundle=tiny_bundle, web_port=web_port, triage_mode="live")
+    daemon.data_dir.mkdir(parents=True)
+    store = Store(daemon.data_dir / "cds.sqlite3")
+    assert fill_from_paper_logits(store, bundle_identity(tiny_bundle)) == 542
+    store.close()
+    daemon.start()
+    wait_for_port(web_port, proc=daemon.proc)
+    added = _cli(daemon, "user", "add", "boss", "--role", "admin", "--full-name", "Jones, Bo", "--password-stdin",
+                 stdin=PASSWORD)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    d = browser
+    d.get(f"http://127.0.0.1:{web_port}/login")
+    d.find_element(By.ID, "username").send_keys("boss")
+    d.find_element(By.ID, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
+    wait_until(lambda: "/worklist" in d.current_url, 30, "the worklist")
+    assert "no site rule is active" in d.find_element(By.ID, "triage-banner").text
+    d.get(f"http://127.0.0.1:{web_port}/admin/calibration")
+    assert d.find_element(By.ID, "pool-size").text == "542"
+    assert "finalises 175 of 542" in d.find_element(By.ID, "would-certify").text
+    assert d.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
+    shot = tmp_path / "site_calibration.png"
+    d.save_screenshot(str(shot))
+    d.find_element(By.CSS_SELECTOR, "#certify-form input[name=password]").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, "#certify-form button").click()
+    wait_until(lambda: "certified. It is not in force" in d.page_source, 30, "the certified rule")
+    d.find_element(By.CSS_SELECTOR, "#rules input[name=password]").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, "#rules button").click()
+    wait_until(lambda: "is active: every node" in d.page_source, 30, "the activation")
+    assert not d.find_elements(By.ID, "triage-banner") and d.find_element(By.ID, "triage-mode").text == "live"
+    _, body = daemon.http("/healthz/ready")
+    assert json.loads(body)["triage"]["mode"] == "live"
+    active = tmp_path / "site_calibration_active.png"
+    d.save_screenshot(str(active))
+    if os.environ.get("CDS_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "site_calibration.png")
+        shutil.copyfile(active, REPO / "docs" / "site_calibration_active.png")

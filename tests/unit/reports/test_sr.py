@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,6 +186,19 @@ def test_not_referred_result(source: Dataset, tmp_path: Path) -> None:
     assert evaluations(group, codes.REFERRED) == [codes.NO.value]
     assert evaluations(group, codes.REFERRAL_REASON) == []
     assert texts(group, codes.REFERRAL_REASON) == []
+
+
+def test_a_finalised_result_names_the_rule_that_finalised_it(source: Dataset, tmp_path: Path) -> None:
+    rule = "site rule 3 (bundle 9f9f9f9f9f9f9f9f): alpha 0.02, delta 0.1, n 175 of 542 reviewed, 0 errors"
+    result = replace(
+        make_result(predicted="benign", probabilities=(0.97, 0.02, 0.01), referred=False), finalisation_rule=rule
+    )
+    sr = build_ai_sr(source, result)
+    assert_valid(sr, tmp_path)
+    assert texts(group_of(sr, tmp_path), codes.FINALISATION_RULE) == [rule]
+    # A referred result was not finalised by any rule: no such item, whatever the result carries.
+    referred = replace(make_result(), finalisation_rule=rule)
+    assert texts(group_of(build_ai_sr(source, referred), tmp_path), codes.FINALISATION_RULE) == []
 
 
 def test_unknown_reason_still_gets_a_code(source: Dataset, tmp_path: Path) -> None:
