@@ -70,12 +70,17 @@ echo "demo: starting cds-daemon (AE THYROID_CDS, port 11112, data in var/data)"
 wait_port 4242; wait_port 11112
 
 .venv/bin/cds-daemon check
+# The cytopathologist's view: a demo account for the review page (the demo's data directory is new each run).
+DEMO_USER=demo DEMO_PASSWORD=thyroid-demo-review
+echo "$DEMO_PASSWORD" | .venv/bin/cds-daemon user add "$DEMO_USER" --role admin --full-name "Demo, Reviewer" --password-stdin >/dev/null
 echo "demo: writing sample images (VL Microscopic; explicit LE and JPEG baseline)"
 $PY -m dicom_fixtures make-dicom var/demo/samples/explicit --n 3 --iod vl-microscopic --ts explicit --seed 1 --label benign --difficulty 0.4
 $PY -m dicom_fixtures make-dicom var/demo/samples/jpeg --n 3 --iod vl-microscopic --ts jpeg-baseline --seed 2 --label malignant --difficulty 0.4
-echo "demo: sending with storescu (-xy proposes JPEG baseline for the compressed ones)"
-storescu -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/explicit/*.dcm
-storescu -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/jpeg/*.dcm
+# dcmtk's storescu by its path: with the venv on PATH, "storescu" is pynetdicom's console script.
+STORESCU=/usr/bin/storescu
+echo "demo: sending with dcmtk's storescu (-xy proposes JPEG baseline for the compressed ones)"
+$STORESCU -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/explicit/*.dcm
+$STORESCU -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/jpeg/*.dcm
 echo "demo: received by the daemon (JSON log lines):"
 grep '"instance_received"' var/demo/daemon.log | tail -n 6
 echo "demo: waiting for the results to reach the PACS"
@@ -96,7 +101,11 @@ if [ "$delivered" -ne 6 ]; then
   exit 1
 fi
 echo "demo: all 6 images analysed and their results delivered to the PACS"
+echo "demo: the review page (the cytopathologist's worklist of referred cases, and Site calibration for admins):"
+echo "        http://127.0.0.1:8043/   sign in as '$DEMO_USER' with password '$DEMO_PASSWORD'"
+echo "      this demo finalises with the bundle's own rule; an installation starts in shadow mode and a site"
+echo "      certifies its own rule on its reviewed cases (cds-daemon calibration status; docs/operations.md)"
 
 if [ "$ONCE" -eq 1 ]; then exit 0; fi
-echo "demo: running; logs in var/demo/*.log. Ctrl-C stops both."
+echo "demo: running (PACS http://127.0.0.1:8042, review page http://127.0.0.1:8043); logs in var/demo/*.log. Ctrl-C stops both."
 wait

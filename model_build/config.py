@@ -33,6 +33,10 @@ class TrainConfig:
     init_checkpoint: str | None = None
     freeze_blocks: int = 0  # keep the stem and this many first blocks at their initial (ImageNet) weights
     cache_images: int = 512
+    # Run the frozen stem and stages once over every drawable training view and train the rest on the cached
+    # maps (model_build.frozen_cache); ``cache_variants`` colour-jittered copies of each view (1: plain only).
+    cache_frozen: bool = False
+    cache_variants: int = 1
     # Premium (aggregator) training on frozen backbone features
     agg_dim: int = 192
     agg_layers: int = 2

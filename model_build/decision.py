@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,8 @@ from cds_daemon.analysis.numeric import energy_score, ensemble_logits, mahalanob
 from cds_daemon.analysis.risk import finalisation_confidence, fit_finalisation
 from cds_daemon.analysis.stain import stain_distance
 from cds_daemon.analysis.triage import model_reasons, reason_codes
-from model_build.calibration import fit_temperature
+from model_build.calibration import choose_temperatures
 from model_build.conformal import class_conditional_quantiles
-from model_build.metrics import ece
 from model_build.ood import GaussianStats, MahalanobisStats
 
 
@@ -45,6 +44,7 @@ class Calibration:
     mahalanobis_shrinkage: float
     finalisation: dict[str, Any]  # FinalisationRule.to_json()
     finalisation_data: dict[str, list[Any]]  # calibration split: confidence, error, candidate
+    scaling: dict[str, Any] = field(default_factory=dict)  # what was chosen, and the cross-fitted ECEs
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,16 +92,9 @@ def fit_calibration(
     class_names: tuple[str, ...],
 ) -> Calibration:
     labels = np.asarray(labels, dtype=np.int64)
-    t_b = fit_temperature(batch.basic_logits, labels)
-    t_p = fit_temperature(batch.premium_logits, labels)
-    t_e = fit_temperature(ensemble_logits(batch.basic_logits, batch.premium_logits, t_b, t_p), labels)
+    choice = choose_temperatures(batch.basic_logits, batch.premium_logits, labels)  # never worse than raw
+    t_b, t_p, t_e = choice.basic, choice.premium, choice.ensemble
     probs = softmax(ensemble_logits(batch.basic_logits, batch.premium_logits, t_b, t_p), t_e)
-    raw = softmax(ensemble_logits(batch.basic_logits, batch.premium_logits, 1.0, 1.0))
-    if ece(probs, labels) > ece(raw, labels):
-        # Temperature scaling minimises NLL, not the calibration error; where it makes the calibration split's
-        # ECE worse, the raw ensemble is kept (never worse than before, on the split the choice is made on).
-        t_b = t_p = t_e = 1.0
-        probs = raw
     quantiles = class_conditional_quantiles(probs, labels, alpha)
     maha = mahalanobis_score(batch.pooled0, ood.mahalanobis.class_means, ood.mahalanobis.precision)
     energy = energy_score(batch.basic_logits)
@@ -120,6 +113,7 @@ def fit_calibration(
         mahalanobis_shrinkage=ood.mahalanobis.shrinkage,
         finalisation={},
         finalisation_data={},
+        scaling=choice.to_json(),
     )
     # Candidates: fields no other model-side reason refers (the rule as the daemon applies it), scored
     # by the finalisation confidence (the lower of the calibrated ensemble and Basic confidences).

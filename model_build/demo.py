@@ -192,13 +192,15 @@ def against_the_ceiling(s: dict[str, Any]) -> str:
     cov, bayes_cov = s["finalised_coverage"], s["bayes_finalised_coverage"]
     ratio = cov / bayes_cov if bayes_cov else float("nan")
     lo, hi = s.get("ece_after_ci") or (float("nan"), float("nan"))
+    blo, bhi = s.get("ece_before_ci") or (float("nan"), float("nan"))
     error = "n/a" if s["finalised_error"] is None else f"{s['finalised_error']:.2%}"
     return "\n".join(
         [
             "demo bundle against the best possible (Bayes-optimal rule on the latent severity), test split:",
             f"  macro-F1   {f1:.3f}  Bayes {bayes_f1:.3f}  gap {bayes_f1 - f1:.3f}  (goal: gap <= 0.03)",
-            f"  ECE        {s['ece_before']:.3f} before calibration, {s['ece_after']:.3f} after "
-            f"[95% CI {lo:.3f}, {hi:.3f}]  (goal: <= 0.05 and not worse)",
+            f"  ECE        {s['ece_before']:.3f} [95% CI {blo:.3f}, {bhi:.3f}] before calibration, "
+            f"{s['ece_after']:.3f} [{lo:.3f}, {hi:.3f}] after: {s.get('calibration_choice')}  "
+            "(goal: <= 0.05 and not worse)",
             f"  finalised  {cov:.1%}  Bayes {bayes_cov:.1%}  ratio {ratio:.2f}  (goal: ratio >= 0.80); "
             f"error among finalised {error}",
         ]

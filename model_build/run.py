@@ -9,6 +9,7 @@ Writes a run directory that ``export`` turns into a bundle:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import time
@@ -30,11 +31,12 @@ from model_build.curriculum import CurriculumSampler
 from model_build.dataset import Dataset, load_dataset
 from model_build.decision import Batch, Calibration, OODStats, apply, fit_calibration, referrals
 from model_build.features import extract_all
+from model_build.frozen_cache import FrozenCache, TailModel, frozen_part, run_frozen
 from model_build.models import BackboneOutputs, count_parameters, create_backbone
 from model_build.ood import fit_gaussian, fit_mahalanobis
 from model_build.report import write_report
 from model_build.splits import SPLITS, split_groups
-from model_build.train_basic import history_json, train_backbone, whole_views
+from model_build.train_basic import EpochLog, freeze_early_layers, history_json, train_backbone, whole_views
 from model_build.train_premium import aggregator_logits, train_aggregator
 from model_build.training_views import TrainViews
 
@@ -83,9 +85,12 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def summary_metrics(result: dict[str, Any], ece_before: float) -> dict[str, Any]:
+def summary_metrics(
+    result: dict[str, Any], ece_before: float, ece_before_ci: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """The headline test-split numbers stored in the bundle manifest."""
     ens = result["models"]["ensemble"]
+    scaling = result.get("calibration", {}).get("scaling", {})
     return {
         "split": "test",
         "n": ens["n"],
@@ -93,8 +98,10 @@ def summary_metrics(result: dict[str, Any], ece_before: float) -> dict[str, Any]
         "accuracy": ens["accuracy"],
         "macro_auc": ens["macro_auc"],
         "ece_before": ece_before,
+        "ece_before_ci": None if ece_before_ci is None else list(ece_before_ci),
         "ece_after": ens["ece"],
         "ece_after_ci": ens.get("bootstrap", {}).get("ece_ci"),
+        "calibration_choice": scaling.get("chosen"),
         "indeterminate_recall": ens["indeterminate_recall"],
         "referral_rate": ens["referral"]["rate"],
         "conformal_coverage": ens["conformal"]["coverage"],
@@ -158,6 +165,32 @@ def finalised_figures(
     }
 
 
+def _train_on_frozen_cache(
+    backbone: torch.nn.Module,
+    views: TrainViews,
+    sampler: CurriculumSampler,
+    sel_x: torch.Tensor,
+    sel_y: torch.Tensor,
+    cfg: TrainConfig,
+    log: Log,
+) -> list[EpochLog]:
+    """``train_backbone`` on the cached output of the frozen stages; the caching counts against the budget."""
+    t0 = time.perf_counter()
+    freeze_early_layers(backbone, cfg.freeze_blocks)
+    frozen = frozen_part(backbone, cfg.freeze_blocks)
+    stages = {stage for stage, n in cfg.per_stage.items() if n > 0}
+    cache = FrozenCache.build(views, frozen, stages, variants=cfg.cache_variants, seed=cfg.seed)
+    sel_maps = run_frozen(frozen, sel_x)
+    spent = time.perf_counter() - t0
+    log(
+        f"basic: frozen stem + {cfg.freeze_blocks} stages run once over {cache.maps.shape[0]} training views x "
+        f"{cfg.cache_variants} in {spent:.0f} s ({cache.nbytes / 2**20:.0f} MiB float16); training the rest"
+    )
+    budget = None if cfg.time_budget_s is None else max(1.0, cfg.time_budget_s - spent)
+    tail_cfg = dataclasses.replace(cfg, freeze_blocks=0, time_budget_s=budget)
+    return train_backbone(TailModel(backbone, cfg.freeze_blocks), cache, sampler, sel_maps, sel_y, tail_cfg, log=log)
+
+
 def train_run(
     data: Path, run_dir: Path, cfg: TrainConfig, *, report_dir: Path | None = None, log: Log = tqdm.write
 ) -> dict[str, Any]:
@@ -192,7 +225,11 @@ def train_run(
     )
     t0 = time.perf_counter()
     sel_x = whole_views(paths["selection"])
-    basic_history = train_backbone(backbone, views, sampler, sel_x, torch.from_numpy(labels["selection"]), cfg, log=log)
+    sel_y = torch.from_numpy(labels["selection"])
+    if cfg.cache_frozen and cfg.freeze_blocks > 0:
+        basic_history = _train_on_frozen_cache(backbone, views, sampler, sel_x, sel_y, cfg, log)
+    else:
+        basic_history = train_backbone(backbone, views, sampler, sel_x, sel_y, cfg, log=log)
     t_basic = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -233,8 +270,10 @@ def train_run(
         f"alpha {rule['alpha']}, delta {rule['delta']})"
     )
     log(
-        f"calibration: T basic {cal.temperature_basic:.3f}, premium {cal.temperature_premium:.3f}, "
-        f"ensemble {cal.temperature_ensemble:.3f}; conformal q {np.round(cal.quantiles, 4).tolist()}"
+        f"calibration: {cal.scaling['chosen']} (cross-fitted ECE raw {cal.scaling['cv_ece_raw']:.4f}, scaled "
+        f"{cal.scaling['cv_ece_scaled']:.4f}); T basic {cal.temperature_basic:.3f}, premium "
+        f"{cal.temperature_premium:.3f}, ensemble {cal.temperature_ensemble:.3f}; conformal q "
+        f"{np.round(cal.quantiles, 4).tolist()}"
     )
 
     test = apply(cal, batches["test"], ood)
@@ -259,12 +298,15 @@ def train_run(
         "calibration": cal.to_json(),
     }
     ece_before = metrics.ece(test.ensemble_raw_probs, y)
+    ece_before_ci = (
+        metrics.ece_ci(test.ensemble_raw_probs, y, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.n_boot > 0 else None
+    )
     result["finalisation"] = finalised_figures(test.probs, y, referred, cal.finalisation)
     result["reference"] = reference_figures(test, cal, y, referred, names)
     result["bayes_optimal"] = bayes_ceiling(
         Path(data), paths, labels, risk_alpha=cfg.risk_alpha, risk_delta=cfg.risk_delta
     )
-    result["summary"] = summary_metrics(result, ece_before)
+    result["summary"] = summary_metrics(result, ece_before, ece_before_ci)
     report_dir = Path(report_dir) if report_dir is not None else run_dir / "report"
     write_report(
         result,

@@ -39,6 +39,11 @@ def jitter(view: np.ndarray, rng: np.random.Generator, strength: float = 0.1) ->
     if rng.random() < 0.5:
         view = view[::-1]
     view = np.rot90(view, int(rng.integers(0, 4)))
+    return colour_jitter(view, rng, strength)
+
+
+def colour_jitter(view: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
+    """Saturation, contrast, brightness and per-channel stain gain of one (S, S, 3) uint8 view."""
     x = view.astype(np.float32)
     gray = x.mean(axis=2, keepdims=True)
     x = gray + (x - gray) * (1 + rng.uniform(-strength, strength))  # saturation

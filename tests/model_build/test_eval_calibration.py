@@ -84,3 +84,29 @@ def test_fit_temperature_warns_on_separable_logits() -> None:
     with pytest.warns(RuntimeWarning, match="edge"):
         t = fit_temperature(z, y)
     assert t < 0.06
+
+
+def test_scaling_is_kept_when_it_helps_fields_the_fit_did_not_see() -> None:
+    """Overconfident members (true logits times 3): the cross-fitted ECE falls with scaling, so it is kept."""
+    from model_build.calibration import choose_temperatures
+
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 1.5, (600, 3))
+    y = sample_labels(softmax(z), rng)
+    choice = choose_temperatures(3 * z, 3 * z + rng.normal(0, 0.3, z.shape), y)
+    assert choice.chosen == "temperature scaling" and choice.cv_ece_scaled < choice.cv_ece_raw
+    assert choice.basic > 2.0 and choice.premium > 2.0
+
+
+def test_raw_is_kept_when_scaling_would_make_the_calibration_error_worse() -> None:
+    """A few extremely confident mistakes drive the NLL-optimal temperature up, which makes the many correct,
+    well-calibrated fields underconfident: scaling lowers the NLL but raises the ECE, so the raw ensemble stays."""
+    from model_build.calibration import choose_temperatures, fit_member_temperatures
+
+    n_right, n_wrong = 380, 20
+    z = np.vstack([np.tile([8.0, 0.0, 0.0], (n_right, 1)), np.tile([30.0, 0.0, 0.0], (n_wrong, 1))])
+    y = np.array([0] * n_right + [1] * n_wrong)
+    assert fit_member_temperatures(z, z, y)[0] > 2.0  # the fit itself wants a large T
+    choice = choose_temperatures(z, z, y)
+    assert choice.chosen.startswith("raw") and choice.cv_ece_scaled > choice.cv_ece_raw
+    assert (choice.basic, choice.premium, choice.ensemble) == (1.0, 1.0, 1.0)

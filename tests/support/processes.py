@@ -238,9 +238,12 @@ class DaemonProcess:
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    if shutil.which(tool) is None:
+    """Run a dcmtk tool: Debian's, by its path first (with a venv on PATH, "storescu" and "echoscu" are
+    pynetdicom's console scripts, which take other options)."""
+    path = f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").is_file() else shutil.which(tool)
+    if path is None:
         raise RuntimeError(f"{tool} not found: install Debian's dcmtk")
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout)
 
 
 #: storescu proposes only uncompressed syntaxes unless told; the option that proposes each one.
