@@ -55,11 +55,13 @@ def _train(args: argparse.Namespace) -> int:
         risk_alpha=args.risk_alpha,
         risk_delta=args.risk_delta,
         n_boot=args.n_boot,
+        device=args.device,
+        cache_frozen=args.cache_frozen,
     )
     t0 = time.perf_counter()
     try:
         train_run(args.data, args.out, cfg, report_dir=args.report_dir)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run written to {args.out} in {time.perf_counter() - t0:.0f} s")
@@ -87,9 +89,25 @@ def _demo(args: argparse.Namespace) -> int:
         bundle = make_tiny_bundle(args.out, seed=args.seed)
     else:
         n_per_class = DEMO_PER_CLASS if args.n_per_class is None else args.n_per_class
-        bundle = demo_bundle(args.out, seed=args.seed, n_per_class=n_per_class, epochs=args.epochs)
+        try:
+            bundle = demo_bundle(
+                args.out, seed=args.seed, n_per_class=n_per_class, epochs=args.epochs, device=args.device
+            )
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"demo bundle: {bundle} (total {time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="cpu",
+        help="where to train (default: %(default)s; cuda: mixed precision, no time budget for the demo); the "
+        "bundle is the same, exported and checked on CPU ONNX Runtime",
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,6 +173,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--report-dir", type=Path, default=None, help="default: RUN_DIR/report")
     p.add_argument("--seed", type=int, default=42, help="split and training seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    _device_arg(p)
+    p.add_argument(
+        "--cache-frozen",
+        action="store_true",
+        help="run the frozen stages (--freeze-blocks) once and train the rest on their cached output",
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="export a training run to a verified ONNX model bundle")
@@ -180,4 +204,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--epochs", type=int, default=None, help="maximum Basic epochs (default: 30, cut by time budget and patience)"
     )
+    _device_arg(p)
     p.set_defaults(handler=_demo)

@@ -17,6 +17,7 @@ class TrainConfig:
     seed: int = 42
     split_fractions: tuple[float, float, float, float] = DEFAULT_FRACTIONS
     threads: int = 2
+    device: str = "cpu"  # auto | cpu | cuda (model_build.device); resolved when a run starts
     # Basic (backbone) training
     epochs: int = 30
     batch_size: int = 16

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cds_daemon.common.manifest import BundleError, read_manifest
 from model_build.config import TrainConfig
+from model_build.device import resolve_device
 from model_build.export import export_bundle
 from model_build.run import train_run
 
@@ -154,6 +155,7 @@ def demo_bundle(
     n_per_class: int = DEMO_PER_CLASS,
     epochs: int | None = None,
     log: Callable[[str], None] = tqdm.write,
+    device: str = "cpu",
 ) -> Path:
     """The bundle at OUT; OUT.work/data (synthetic dataset), OUT.work/run, OUT.work/report.
 
@@ -172,6 +174,9 @@ def demo_bundle(
     t_data = time.perf_counter() - t0
     log(f"[{t_data:.0f} s] dataset ready: {data}")
     cfg = demo_config(seed)
+    cfg.device = resolve_device(device)
+    if cfg.device == "cuda":
+        cfg.time_budget_s = None  # the recipe to convergence (early stopping), not the CPU demo's 15 minutes
     if epochs is not None:
         cfg.epochs = epochs
     summary = train_run(data, work / "run", cfg, report_dir=work / "report", log=log)

@@ -55,7 +55,11 @@ class TailModel(nn.Module):
 def run_frozen(frozen: nn.Module, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """(N, 3, S, S) normalised views -> (N, C, h, w) float16 maps."""
     frozen.eval()
-    out = [frozen(views[i : i + batch_size]).to(torch.float16) for i in range(0, views.shape[0], batch_size)]
+    device = next(frozen.parameters()).device
+    out = [
+        frozen(views[i : i + batch_size].to(device)).to(torch.float16).cpu()
+        for i in range(0, views.shape[0], batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -30,6 +30,7 @@ from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.dataset import Dataset, load_dataset
 from model_build.decision import Batch, Calibration, OODStats, apply, fit_calibration, referrals
+from model_build.device import resolve_device
 from model_build.features import extract_all
 from model_build.frozen_cache import FrozenCache, TailModel, frozen_part, run_frozen
 from model_build.models import BackboneOutputs, count_parameters, create_backbone
@@ -177,6 +178,7 @@ def _train_on_frozen_cache(
     """``train_backbone`` on the cached output of the frozen stages; the caching counts against the budget."""
     t0 = time.perf_counter()
     freeze_early_layers(backbone, cfg.freeze_blocks)
+    backbone.to(cfg.device)
     frozen = frozen_part(backbone, cfg.freeze_blocks)
     stages = {stage for stage, n in cfg.per_stage.items() if n > 0}
     cache = FrozenCache.build(views, frozen, stages, variants=cfg.cache_variants, seed=cfg.seed)
@@ -196,6 +198,7 @@ def train_run(
 ) -> dict[str, Any]:
     """Train, calibrate and evaluate; returns the summary metrics (also in metrics.json)."""
     t_start = time.perf_counter()
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = Path(run_dir)
@@ -231,6 +234,7 @@ def train_run(
     else:
         basic_history = train_backbone(backbone, views, sampler, sel_x, sel_y, cfg, log=log)
     t_basic = time.perf_counter() - t0
+    backbone.to("cpu")  # features, calibration and export run on the CPU, as the daemon does
 
     t0 = time.perf_counter()
     outputs = BackboneOutputs(backbone).eval()

@@ -28,6 +28,7 @@ from cds_daemon.analysis.tiles import INPUT_SIZE, crop_resize, normalize
 from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.dataset import read_rgb
+from model_build.device import autocast, grad_scaler
 from model_build.metrics import confusion_matrix, macro_f1
 from model_build.training_views import TrainViews
 
@@ -62,7 +63,8 @@ def whole_views(paths: list[Path], input_size: int = INPUT_SIZE) -> torch.Tensor
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
     model.eval()
-    out = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    device = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
 
 
@@ -108,7 +110,11 @@ def train_backbone(
     """
     loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=0)
     n_classes = int(model.get_classifier().out_features)
-    criterion = nn.CrossEntropyLoss(weight=class_weights(views.labels, n_classes), label_smoothing=cfg.label_smoothing)
+    device = cfg.device
+    model.to(device)
+    weights = class_weights(views.labels, n_classes).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    scaler = grad_scaler(device)
     frozen = freeze_early_layers(model, cfg.freeze_blocks)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[EpochLog] = []
@@ -127,12 +133,14 @@ def train_backbone(
         losses = []
         bar = tqdm(loader, desc=f"basic epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         for x, y, stage in bar:
-            loss = criterion(model(x), y)
+            with autocast(device):
+                loss = criterion(model(x.to(device)).float(), y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if on_step is not None:
                 on_step(y, stage)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             steps += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

@@ -25,8 +25,9 @@ from model_build.train_basic import class_weights
 @torch.inference_mode()
 def aggregator_logits(model: nn.Module, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
-    out = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
 
 
@@ -49,9 +50,11 @@ def train_aggregator(
         heads=cfg.agg_heads,
         dropout=cfg.agg_dropout,
     )
-    x = torch.from_numpy(np.ascontiguousarray(train_tokens, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
-    criterion = nn.CrossEntropyLoss(weight=class_weights(y.tolist(), model.config["n_classes"]))
+    device = cfg.device
+    model.to(device)
+    x = torch.from_numpy(np.ascontiguousarray(train_tokens, dtype=np.float32)).to(device)
+    y = torch.from_numpy(np.asarray(train_labels, dtype=np.int64)).to(device)
+    criterion = nn.CrossEntropyLoss(weight=class_weights(y.tolist(), model.config["n_classes"]).to(device))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.agg_lr, weight_decay=cfg.agg_weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     sel_y = np.asarray(selection_labels, dtype=np.int64)
@@ -63,8 +66,9 @@ def train_aggregator(
         model.train()
         losses = []
         for batch in torch.randperm(x.shape[0], generator=gen).split(cfg.agg_batch_size):
+            batch = batch.to(device)
             xb = x[batch].clone()
-            drop = torch.rand(xb.shape[0], xb.shape[1], 1, generator=gen) < cfg.agg_token_dropout
+            drop = (torch.rand(xb.shape[0], xb.shape[1], 1, generator=gen) < cfg.agg_token_dropout).to(device)
             drop[:, 0] = False
             xb = xb.masked_fill(drop, 0.0)
             loss = criterion(model(xb), y[batch])
@@ -96,7 +100,7 @@ def train_aggregator(
             if stale >= cfg.agg_patience:
                 break
     model.load_state_dict(best_state)
-    model.eval()
+    model.to("cpu").eval()  # exported and used from here on on the CPU
     last = history[-1]
     log(
         f"premium: {len(history)} epochs, best selection macro-F1 {best[0] if best else float('nan'):.4f}, "
