@@ -22,6 +22,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over ``epochs`` epochs, per step)
     weight_decay: float = 1e-5
     dropout: float = 0.3
     label_smoothing: float = 0.1

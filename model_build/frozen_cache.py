@@ -9,11 +9,16 @@ network, trained on those maps. Geometric augmentation (flips, 90-degree rotatio
 maps; colour jitter cannot be, so ``variants`` colour-jittered copies of each view are cached and one is
 drawn per epoch. ``TailModel(model, n)(frozen(x)) == model(x)`` (tests/model_build/test_frozen_cache.py),
 so the trained weights are the full backbone's, exported and run by the daemon as before.
+
+Measured on 2 cores (AVX-512), EfficientNet-Lite0, batch 16 at 224 px, in one run: a full training step with
+4 frozen stages 0.6 s in the plain path; on the cached maps 277 ms (channels-first) and 159 ms (channels-last);
+the frozen part under ONNX Runtime 3.4 ms a view against about 13 ms in torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,9 +30,19 @@ from cds_daemon.analysis.tiles import normalize
 from model_build.training_views import TrainViews, colour_jitter
 
 
-def frozen_part(model: nn.Module, n_blocks: int) -> nn.Sequential:
-    """The stem and the first ``n_blocks`` stages of a timm EfficientNet, as one module."""
-    return nn.Sequential(model.conv_stem, model.bn1, *list(model.blocks)[:n_blocks])
+class FrozenPart(nn.Module):
+    """The stem and the first ``n_blocks`` stages of a timm EfficientNet (shared modules): images -> maps."""
+
+    def __init__(self, model: nn.Module, n_blocks: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(model.conv_stem, model.bn1, *list(model.blocks)[:n_blocks])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)  # type: ignore[no-any-return]
+
+
+def frozen_part(model: nn.Module, n_blocks: int) -> FrozenPart:
+    return FrozenPart(model, n_blocks)
 
 
 class TailModel(nn.Module):
@@ -39,12 +54,14 @@ class TailModel(nn.Module):
         self.conv_head, self.bn2 = model.conv_head, model.bn2
         self.model_head = model  # forward_head: pooling, dropout, classifier (shared modules)
         self._classifier = model.get_classifier()
+        # channels-last convolutions train 1.7x faster on a CPU here (bench in the docstring's numbers)
+        self.to(memory_format=torch.channels_last)
 
     def get_classifier(self) -> nn.Module:
         return self._classifier
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        x = self.bn2(self.conv_head(self.blocks(maps.float())))
+        x = self.bn2(self.conv_head(self.blocks(maps.float().contiguous(memory_format=torch.channels_last))))
         return self.model_head.forward_head(x)  # type: ignore[operator]
 
     def state_dict_of_tail(self) -> dict[str, torch.Tensor]:
@@ -53,7 +70,7 @@ class TailModel(nn.Module):
 
 @torch.inference_mode()
 def run_frozen(frozen: nn.Module, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """(N, 3, S, S) normalised views -> (N, C, h, w) float16 maps."""
+    """(N, 3, S, S) normalised views -> (N, C, h, w) float16 maps, in torch (on the frozen part's device)."""
     frozen.eval()
     device = next(frozen.parameters()).device
     out = [
@@ -61,6 +78,37 @@ def run_frozen(frozen: nn.Module, views: torch.Tensor, batch_size: int = 32) -> 
         for i in range(0, views.shape[0], batch_size)
     ]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+class FrozenRunner:
+    """The frozen part as the CPU runs it fastest: exported once to ONNX and run by ONNX Runtime (about 3x
+    torch's speed on 2 cores, see ``model_build.features``); on a GPU, torch on the GPU."""
+
+    def __init__(self, frozen: nn.Module, input_size: int, threads: int) -> None:
+        self.frozen = frozen.eval()
+        self.device = next(frozen.parameters()).device
+        self._session = None
+        if self.device.type == "cpu":
+            import tempfile
+
+            from cds_daemon.analysis.engine import open_session
+            from model_build.onnx_graphs import export_module
+
+            with tempfile.TemporaryDirectory(prefix="frozen-") as tmp, torch.inference_mode():
+                graph = Path(tmp) / "frozen.onnx"
+                example = torch.randn(2, 3, input_size, input_size)
+                export_module(self.frozen, example, graph, "images", ["maps"], dynamic_batch=True)
+                self._session = open_session(graph, threads=threads)
+
+    def __call__(self, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """(N, 3, S, S) normalised views -> (N, C, h, w) float16 maps."""
+        if self._session is None:
+            return run_frozen(self.frozen, views, batch_size)
+        out = [
+            torch.from_numpy(self._session.run(["maps"], {"images": views[i : i + batch_size].numpy()})[0]).half()
+            for i in range(0, views.shape[0], batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0)
 
 
 @dataclass
@@ -80,7 +128,7 @@ class FrozenCache(TorchDataset):
     def build(
         cls,
         views: TrainViews,
-        frozen: nn.Module,
+        frozen: FrozenRunner,
         stages: set[str],
         *,
         variants: int = 1,
@@ -98,7 +146,7 @@ class FrozenCache(TorchDataset):
 
         def flush() -> None:
             if pending:
-                chunks.append(run_frozen(frozen, torch.from_numpy(normalize(np.stack(pending))), batch_size))
+                chunks.append(frozen(torch.from_numpy(normalize(np.stack(pending))), batch_size))
                 pending.clear()
 
         for index in tqdm(wanted, desc="frozen features", leave=False, dynamic_ncols=True):

@@ -32,7 +32,7 @@ from model_build.dataset import Dataset, load_dataset
 from model_build.decision import Batch, Calibration, OODStats, apply, fit_calibration, referrals
 from model_build.device import resolve_device
 from model_build.features import extract_all
-from model_build.frozen_cache import FrozenCache, TailModel, frozen_part, run_frozen
+from model_build.frozen_cache import FrozenCache, FrozenRunner, TailModel, frozen_part
 from model_build.models import BackboneOutputs, count_parameters, create_backbone
 from model_build.ood import fit_gaussian, fit_mahalanobis
 from model_build.report import write_report
@@ -179,10 +179,10 @@ def _train_on_frozen_cache(
     t0 = time.perf_counter()
     freeze_early_layers(backbone, cfg.freeze_blocks)
     backbone.to(cfg.device)
-    frozen = frozen_part(backbone, cfg.freeze_blocks)
+    frozen = FrozenRunner(frozen_part(backbone, cfg.freeze_blocks), views.input_size, cfg.threads)
     stages = {stage for stage, n in cfg.per_stage.items() if n > 0}
     cache = FrozenCache.build(views, frozen, stages, variants=cfg.cache_variants, seed=cfg.seed)
-    sel_maps = run_frozen(frozen, sel_x)
+    sel_maps = frozen(sel_x)
     spent = time.perf_counter() - t0
     log(
         f"basic: frozen stem + {cfg.freeze_blocks} stages run once over {cache.maps.shape[0]} training views x "
@@ -234,7 +234,8 @@ def train_run(
     else:
         basic_history = train_backbone(backbone, views, sampler, sel_x, sel_y, cfg, log=log)
     t_basic = time.perf_counter() - t0
-    backbone.to("cpu")  # features, calibration and export run on the CPU, as the daemon does
+    # features, calibration and export run on the CPU, as the daemon does, from plain (channels-first) weights
+    backbone.to("cpu").to(memory_format=torch.contiguous_format)
 
     t0 = time.perf_counter()
     outputs = BackboneOutputs(backbone).eval()

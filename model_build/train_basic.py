@@ -117,6 +117,7 @@ def train_backbone(
     scaler = grad_scaler(device)
     frozen = freeze_early_layers(model, cfg.freeze_blocks)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = _schedule(opt, cfg, len(sampler))
     history: list[EpochLog] = []
     best: tuple[float, float] | None = None
     best_state = copy.deepcopy(model.state_dict())
@@ -141,6 +142,8 @@ def train_backbone(
                 on_step(y, stage)
             scaler.step(opt)
             scaler.update()
+            if schedule is not None:
+                schedule.step()
             steps += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
@@ -176,6 +179,18 @@ def train_backbone(
     model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _schedule(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine decay of the learning rate to 0 over ``cfg.epochs`` epochs (stepped per batch), or none."""
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    total = max(1, cfg.epochs * max(1, -(-steps_per_epoch // cfg.batch_size)))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
 
 
 def history_json(history: list[EpochLog]) -> list[dict[str, float]]:

@@ -58,9 +58,9 @@ class TrainViews(TorchDataset):
     """Every (image, stage, region) item of the training images; returns (view, label, stage index).
 
     Decoded fields (about 3 MB each as Pillow images) are kept in an LRU cache of ``cache_images`` entries
-    and cluster windows are found once per image; the focused field (sets B, D) is rebuilt when needed
-    rather than cached, which halves the memory for a few ms per use. ``augment=False`` gives the plain
-    views (used by tests and for inspection).
+    and cluster windows are found once per image, when a stage first needs them; the focused field (sets
+    B, D) is rebuilt when needed rather than cached, which halves the memory for a few ms per use.
+    ``augment=False`` gives the plain views (used by tests and for inspection).
     """
 
     def __init__(
@@ -81,7 +81,8 @@ class TrainViews(TorchDataset):
             TrainItem(i, stage, r) for i in range(len(paths)) for stage in STAGES for r in range(regions_of(stage))
         ]
         self.epoch = 0
-        self._cache: OrderedDict[int, tuple[Image.Image, list[Cluster]]] = OrderedDict()
+        self._cache: OrderedDict[int, Image.Image] = OrderedDict()
+        self._clusters: dict[int, list[Cluster]] = {}
         self._cache_size = max(1, cache_images)
 
     def __len__(self) -> int:
@@ -90,29 +91,35 @@ class TrainViews(TorchDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def fields(self, image: int) -> tuple[Image.Image, list[Cluster]]:
-        """(field, cluster windows) of one image, cached."""
+    def field(self, image: int) -> Image.Image:
+        """The decoded field of one image, cached."""
         if image in self._cache:
             self._cache.move_to_end(image)
             return self._cache[image]
-        rgb = read_rgb(self.paths[image])
-        clusters = detect_clusters(rgb, N_CLUSTERS, seed=self.seed * 100003 + image)
-        entry = (Image.fromarray(rgb), clusters)
+        entry = Image.fromarray(read_rgb(self.paths[image]))
         self._cache[image] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry
 
+    def clusters(self, image: int) -> list[Cluster]:
+        """The cluster windows of one image, found once (only the stages B, C and D need them)."""
+        if image not in self._clusters:
+            rgb = np.asarray(self.field(image))
+            self._clusters[image] = detect_clusters(rgb, N_CLUSTERS, seed=self.seed * 100003 + image)
+        return self._clusters[image]
+
     def view_pixels(self, item: TrainItem) -> np.ndarray:
         """The (S, S, 3) uint8 view of an item, before augmentation."""
-        field, clusters = self.fields(item.image)
+        field = self.field(item.image)
         if item.stage == "A_whole":
             return crop_resize(field, None, self.input_size)
+        if item.stage == "E_grid":
+            return crop_resize(field, grid_boxes(field.width, field.height, GRID)[item.region], self.input_size)
+        clusters = self.clusters(item.image)
         if item.stage == "C_clusters":
             return crop_resize(field, clusters[item.region].box, self.input_size)
-        source = field
-        if item.stage in ("B_focus", "D_focus_grid"):
-            source = Image.fromarray(focus_image(np.asarray(field), clusters))
+        source = Image.fromarray(focus_image(np.asarray(field), clusters))
         if item.stage == "B_focus":
             return crop_resize(source, None, self.input_size)
         return crop_resize(source, grid_boxes(source.width, source.height, GRID)[item.region], self.input_size)

@@ -483,44 +483,43 @@ def _register_calibration(app: Flask, ctx: WebContext) -> None:
             abort(400)
         return value
 
-    @app.post("/admin/calibration/certify")
-    @admin_required
-    def calibration_certify() -> Any:
+    def act(action: str, do: Callable[[BundleRules, str], str]) -> Any:
+        """One change, after the admin's password: flash what was done, or why not; back to the page."""
         rules = rules_or_404()
-        actor = confirmed_admin("certify")
-        if actor is not None:
-            alpha = form_float("alpha", ctx.settings.triage.risk_alpha or 0.02)
-            delta = form_float("delta", ctx.settings.triage.risk_delta or 0.1)
-            try:
-                rule = calibration.certify(ctx.store, rules, alpha=alpha, delta=delta, actor=actor)
-                flash(f"Site rule {rule.id} certified. It is not in force until it is activated.", "ok")
-            except calibration.CalibrationError as exc:
-                flash(str(exc), "error")
-        return redirect(url_for("calibration_page"))
-
-    @app.post("/admin/calibration/activate")
-    @admin_required
-    def calibration_activate() -> Any:
-        rules = rules_or_404()
-        actor = confirmed_admin("activate")
+        actor = confirmed_admin(action)
         if actor is not None:
             try:
-                rule = calibration.activate(ctx.store, rules, int(request.form.get("rule_id", "0")), actor=actor)
-                flash(f"Site rule {rule.id} is active: every node finalises with it from the next image.", "ok")
+                flash(do(rules, actor), "ok")
             except (calibration.CalibrationError, ValueError) as exc:
                 flash(str(exc), "error")
         return redirect(url_for("calibration_page"))
 
+    @app.post("/admin/calibration/certify")
+    @admin_required
+    def calibration_certify() -> Any:
+        def do(rules: BundleRules, actor: str) -> str:
+            alpha = form_float("alpha", ctx.settings.triage.risk_alpha or 0.02)
+            delta = form_float("delta", ctx.settings.triage.risk_delta or 0.1)
+            rule = calibration.certify(ctx.store, rules, alpha=alpha, delta=delta, actor=actor)
+            return f"Site rule {rule.id} certified. It is not in force until it is activated."
+
+        return act("certify", do)
+
+    @app.post("/admin/calibration/activate")
+    @admin_required
+    def calibration_activate() -> Any:
+        def do(rules: BundleRules, actor: str) -> str:
+            rule = calibration.activate(ctx.store, rules, int(request.form.get("rule_id", "0")), actor=actor)
+            return f"Site rule {rule.id} is active: every node finalises with it from the next image."
+
+        return act("activate", do)
+
     @app.post("/admin/calibration/deactivate")
     @admin_required
     def calibration_deactivate() -> Any:
-        rules = rules_or_404()
-        actor = confirmed_admin("deactivate")
-        if actor is not None:
+        def do(rules: BundleRules, actor: str) -> str:
             reason = request.form.get("reason", "").strip()[:500] or "deactivated on the admin page"
-            try:
-                rule = calibration.deactivate(ctx.store, rules, actor=actor, reason=reason)
-                flash(f"Site rule {rule.id} deactivated: every case is reviewed again.", "ok")
-            except calibration.CalibrationError as exc:
-                flash(str(exc), "error")
-        return redirect(url_for("calibration_page"))
+            rule = calibration.deactivate(ctx.store, rules, actor=actor, reason=reason)
+            return f"Site rule {rule.id} deactivated: every case is reviewed again."
+
+        return act("deactivate", do)

@@ -12,7 +12,7 @@ import torch
 from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.demo import small_dataset, tiny_config
-from model_build.frozen_cache import FrozenCache, TailModel, frozen_part, run_frozen
+from model_build.frozen_cache import FrozenCache, FrozenRunner, TailModel, frozen_part, run_frozen
 from model_build.models import create_backbone
 from model_build.run import train_run
 from model_build.train_basic import freeze_early_layers
@@ -46,7 +46,10 @@ def test_the_cache_covers_the_drawable_items_with_map_augmentation(data: Path) -
     views = TrainViews(paths, labels, seed=1)
     model = create_backbone(0.3, arch="efficientnet_lite0")
     freeze_early_layers(model, 3)
-    cache = FrozenCache.build(views, frozen_part(model, 3), {"E_grid", "A_whole"}, variants=2, seed=1)
+    runner = FrozenRunner(frozen_part(model, 3), 224, threads=2)
+    cache = FrozenCache.build(views, runner, {"E_grid", "A_whole"}, variants=2, seed=1)
+    x = torch.randn(3, 3, 224, 224)
+    torch.testing.assert_close(runner(x).float(), run_frozen(frozen_part(model, 3), x).float(), atol=2e-3, rtol=2e-3)
     drawable = [i for i, it in enumerate(views.items) if it.stage in ("E_grid", "A_whole")]
     assert cache.maps.shape[:2] == (len(drawable), 2) and cache.maps.dtype == torch.float16
     assert (cache.slot[drawable] >= 0).all() and (np.delete(cache.slot, drawable) == -1).all()
