@@ -46,15 +46,20 @@ DEMO_FRACTIONS = (0.35, 0.1, 0.3, 0.25)
 def demo_config(seed: int = 0) -> TrainConfig:
     from model_build.models import lite0_imagenet_checkpoint
 
+    # The frozen stem and 4 stages run once (ONNX Runtime) and the rest trains on their cached output, channels-
+    # last, with a cosine learning rate over 10 epochs: measured on the demo data in one session (2 cores), test
+    # macro-F1 0.767 -> 0.800 and ECE after calibration 0.079 -> 0.046 in the same 470 s budget (issue 21 note).
     return TrainConfig(
         seed=seed,
-        epochs=30,
-        patience=4,
+        epochs=10,
+        patience=10,
+        lr_schedule="cosine",
         per_stage=dict(DEMO_PER_STAGE),
         time_budget_s=470.0,
         backbone="efficientnet_lite0",
         init_checkpoint=str(lite0_imagenet_checkpoint()),
         freeze_blocks=4,
+        cache_frozen=True,
         lr=1e-3,
         cache_images=2 * DEMO_PER_CLASS,
         split_fractions=DEMO_FRACTIONS,

@@ -16,7 +16,8 @@
   says why (log, metric, banner, ``status``) and records it; an admin certifies again.
 - **Drift.** Over the latest ``worklist.drift_window`` analysed images, the share flagged out of
   distribution and the predicted class mix are compared with what the bundle's test split showed
-  (``manifest.reference``): three times the OOD share (and five points more), or a class mix more than
+  (``manifest.reference``), or, while a site rule is in force, with what its calibration pool showed
+  (the rule's ``reference``): three times the OOD share (and five points more), or a class mix more than
   0.2 away in total variation, is an alert.
 
 Alerts are logged (``monitoring_alert``), exported (``cds_monitor_alert{kind}``) and shown as a banner
@@ -158,7 +159,8 @@ def _drift(store: Store, reference: dict[str, Any] | None, window: int) -> tuple
             Alert(
                 "ood_drift",
                 f"{rate:.0%} of the latest {len(analysed)} images look unlike the training data "
-                f"(the bundle's test split: {ref_ood:.0%}): check the stain, the microscope and the camera",
+                f"({reference.get('source', 'the bundle test split')}: {ref_ood:.0%}): check the stain, the "
+                "microscope and the camera",
             )
         )
     ref_mix = {str(k): float(v) for k, v in reference.get("predicted_mix", {}).items()}
@@ -180,13 +182,16 @@ def check_for(
     delta = settings.triage.risk_delta or (float(block["delta"]) if block else DEFAULT_DELTA)
     reference = manifest.raw.get("reference") if manifest is not None else None
     live = settings.triage.mode == TriageMode.LIVE and model_sha256 is not None
+    rule = store.active_rule(model_sha256) if live and model_sha256 is not None else None
+    if rule is not None and rule.reference is not None:
+        reference = rule.reference  # a site rule is watched against the cases it was certified on
     return check(
         store,
         alpha=alpha,
         delta=delta,
         reference=reference if isinstance(reference, dict) else None,
         window=settings.worklist.drift_window,
-        rule=store.active_rule(model_sha256) if live and model_sha256 is not None else None,
+        rule=rule,
         min_audited=settings.audit.min_audited,
     )
 

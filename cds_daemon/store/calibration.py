@@ -7,16 +7,20 @@ cluster without a restart.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cds_daemon.common.clock import timestamp
 from cds_daemon.store.database import Session, StoreBase
 from cds_daemon.store.records import PoolRow, SiteRule, StateError, TriageEvent
 
+OOD_CODES = ("ood_mahalanobis", "ood_energy", "ood_stain")
+
 
 def _rule(row: Any) -> SiteRule:
     values = dict(row)
     values["active"] = bool(values["active"])
+    values["reference"] = json.loads(values["reference"]) if values.get("reference") else None
     return SiteRule(**values)
 
 
@@ -57,14 +61,33 @@ class CalibrationStore(StoreBase):
             ).fetchall()
         return [PoolRow(**{**dict(r), "candidate": bool(r["candidate"])}) for r in rows]
 
+    def pool_reference(self, model_sha256: str) -> dict[str, Any]:
+        """What the pool's images looked like to the model: predicted-class mix and out-of-distribution share.
+        While a rule certified on this pool is in force, drift is measured from here, not from the bundle's
+        test split (the guarantee assumes later cases resemble the pool's)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.predicted, p.reasons FROM calibration_pool c JOIN predictions p"
+                " ON p.sop_instance_uid = c.sop_instance_uid WHERE c.model_sha256 = ?",
+                (model_sha256,),
+            ).fetchall()
+        n = len(rows)
+        mix: dict[str, float] = {}
+        ood = 0
+        for predicted, reasons in rows:
+            mix[str(predicted)] = mix.get(str(predicted), 0.0) + 1.0 / n
+            ood += any(code in OOD_CODES for code in json.loads(reasons))
+        return {"n": n, "ood_rate": ood / n if n else 0.0, "predicted_mix": mix, "source": "site calibration pool"}
+
     def add_site_rule(self, model_sha256: str, fields: dict[str, Any], *, pool_max_id: int, actor: str) -> SiteRule:
         """Store a certified (not yet active) rule; ``fields`` as :meth:`FinalisationRule.to_json` gives them."""
         now = timestamp()
+        reference = json.dumps(self.pool_reference(model_sha256))
         with self._tx() as db:
             rule_id = db.execute(
                 "INSERT INTO site_rules (model_sha256, alpha, delta, threshold, n_pool, n_candidates, n_finalised,"
-                " errors, upper_bound, method, pool_max_id, certified_by, certified_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                " errors, upper_bound, method, pool_max_id, certified_by, certified_at, reference)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     model_sha256,
                     fields["alpha"],
@@ -79,6 +102,7 @@ class CalibrationStore(StoreBase):
                     pool_max_id,
                     actor,
                     now,
+                    reference,
                 ),
             ).fetchone()[0]
             self._triage_event(db, model_sha256, rule_id, "certified", actor, None, now)

@@ -194,6 +194,7 @@ class SiteRule:
     deactivated_by: str | None
     deactivated_at: str | None
     deactivation_reason: str | None
+    reference: dict[str, Any] | None = None  # the pool's predicted-class mix and OOD rate: drift is measured from it
 
 
 @dataclass(frozen=True)

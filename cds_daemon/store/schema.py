@@ -225,7 +225,8 @@ MIGRATIONS: tuple[str, ...] = (
     # Site calibration (triage modes): how each prediction was triaged (mode, the site rule that finalised it,
     # the finalisation confidence and whether nothing but the threshold referred it); the pool of images reviewed
     # in shadow mode, one row per image and bundle (a changed decision updates it); the certified site rules,
-    # at most one active per bundle; and the history of activations and fallbacks. A decision's sequence
+    # at most one active per bundle, each with the pool's class mix and OOD rate (the drift reference while it is
+    # in force); and the history of activations and fallbacks. A decision's sequence
     # number is unique per image: two nodes deciding one image at once cannot both write review SR n.
     """
     ALTER TABLE predictions ADD COLUMN triage_mode TEXT;
@@ -269,7 +270,8 @@ MIGRATIONS: tuple[str, ...] = (
         activated_at TEXT,
         deactivated_by TEXT,
         deactivated_at TEXT,
-        deactivation_reason TEXT
+        deactivation_reason TEXT,
+        reference TEXT
     );
     CREATE UNIQUE INDEX site_rules_active ON site_rules (model_sha256) WHERE active = 1;
     CREATE TABLE triage_events (

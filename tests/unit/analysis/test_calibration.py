@@ -83,6 +83,10 @@ def test_certify_activate_and_fall_back(tmp_path: Path) -> None:
         )  # fmt: skip
     monitoring = check_for(store, None, LIVE, SHA)
     assert monitoring.site_rule is not None and monitoring.site_rule["errors"] == 6
+    # While the rule is in force, drift is measured from the cases it was certified on, not the bundle's test split.
+    reference = monitoring.drift["reference"]
+    assert reference["source"] == "site calibration pool" and reference["n"] == 40
+    assert reference["predicted_mix"] == {"benign": pytest.approx(1.0)} and reference["ood_rate"] == 0.0
     assert {a.kind for a in monitoring.alerts} == {"audit_bound", "site_rule_audit"}  # per model and per rule
     reason = fail_safe(store, LIVE, monitoring)
     assert reason is not None and "6 of 12 audited" in reason
