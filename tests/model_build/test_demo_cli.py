@@ -22,7 +22,7 @@ def test_the_command_uses_the_demos_own_dataset_size(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(demo, "demo_bundle", fake_demo_bundle)
     args = build_parser().parse_args(["demo-bundle", str(tmp_path / "b")])
     assert args.handler(args) == 0
-    assert calls == [{"seed": 0, "n_per_class": demo.DEMO_PER_CLASS, "epochs": None}]
+    assert calls == [{"seed": 0, "n_per_class": demo.DEMO_PER_CLASS, "epochs": None, "device": "cpu"}]
     args = build_parser().parse_args(["demo-bundle", str(tmp_path / "b"), "--n-per-class", "50"])
     args.handler(args)
     assert calls[-1]["n_per_class"] == 50
