@@ -64,9 +64,6 @@ class TailModel(nn.Module):
         x = self.bn2(self.conv_head(self.blocks(maps.float().contiguous(memory_format=torch.channels_last))))
         return self.model_head.forward_head(x)  # type: ignore[operator]
 
-    def state_dict_of_tail(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("model_head.")}
-
 
 @torch.inference_mode()
 def run_frozen(frozen: nn.Module, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

@@ -112,9 +112,8 @@ class CalibrationStore(StoreBase):
 
     def site_rules(self, model_sha256: str | None = None) -> list[SiteRule]:
         """Certified rules, newest first (all bundles, or one)."""
-        sql, args = "SELECT * FROM site_rules", tuple[str, ...]()
-        if model_sha256 is not None:
-            sql, args = sql + " WHERE model_sha256 = ?", (model_sha256,)
+        where, args = ("", ()) if model_sha256 is None else (" WHERE model_sha256 = ?", (model_sha256,))
+        sql = "SELECT * FROM site_rules" + where
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
         return [_rule(r) for r in rows]
@@ -179,9 +178,8 @@ class CalibrationStore(StoreBase):
 
     def triage_events(self, model_sha256: str | None = None, limit: int = 50) -> list[TriageEvent]:
         """Certifications, activations, deactivations and fallbacks, newest first."""
-        sql, args = "SELECT * FROM triage_events", tuple[str, ...]()
-        if model_sha256 is not None:
-            sql, args = sql + " WHERE model_sha256 = ?", (model_sha256,)
+        where, args = ("", ()) if model_sha256 is None else (" WHERE model_sha256 = ?", (model_sha256,))
+        sql = "SELECT * FROM triage_events" + where
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [TriageEvent(**dict(r)) for r in rows]
