@@ -41,10 +41,6 @@ class FrozenPart(nn.Module):
         return self.layers(images)  # type: ignore[no-any-return]
 
 
-def frozen_part(model: nn.Module, n_blocks: int) -> FrozenPart:
-    return FrozenPart(model, n_blocks)
-
-
 class TailModel(nn.Module):
     """The trainable rest of a timm EfficientNet: stages n.., head convolution, pooling and classifier."""
 

@@ -32,7 +32,7 @@ from model_build.dataset import Dataset, load_dataset
 from model_build.decision import Batch, Calibration, OODStats, apply, fit_calibration, referrals
 from model_build.device import resolve_device
 from model_build.features import extract_all
-from model_build.frozen_cache import FrozenCache, FrozenRunner, TailModel, frozen_part
+from model_build.frozen_cache import FrozenCache, FrozenPart, FrozenRunner, TailModel
 from model_build.models import BackboneOutputs, count_parameters, create_backbone
 from model_build.ood import fit_gaussian, fit_mahalanobis
 from model_build.report import write_report
@@ -179,7 +179,7 @@ def _train_on_frozen_cache(
     t0 = time.perf_counter()
     freeze_early_layers(backbone, cfg.freeze_blocks)
     backbone.to(cfg.device)
-    frozen = FrozenRunner(frozen_part(backbone, cfg.freeze_blocks), views.input_size, cfg.threads)
+    frozen = FrozenRunner(FrozenPart(backbone, cfg.freeze_blocks), views.input_size, cfg.threads)
     stages = {stage for stage, n in cfg.per_stage.items() if n > 0}
     cache = FrozenCache.build(views, frozen, stages, variants=cfg.cache_variants, seed=cfg.seed)
     sel_maps = frozen(sel_x)

@@ -114,8 +114,7 @@ def risk_coverage(pool: PoolArrays) -> list[tuple[float, float, float]]:
 def status(settings: Settings, store: Store, bundle: BundleRules, *, power: bool = True) -> dict[str, Any]:
     """Everything ``calibration status`` and the admin page show: mode, pool, the rule that would be certified
     now, the projection of reviews still needed, the rules and their history."""
-    alpha = settings.triage.risk_alpha or 0.02
-    delta = settings.triage.risk_delta or 0.1
+    alpha, delta = settings.triage.risk_levels()
     rows = store.pool(bundle.identity)
     pool = PoolArrays.of(rows)
     policy = resolve(settings, bundle, store)

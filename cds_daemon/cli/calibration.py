@@ -12,7 +12,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cds_daemon.cli.worklist import EXIT_FAILED, EXIT_OK, _log_to_stderr, _open_store, proven_user
+from cds_daemon.cli.worklist import EXIT_FAILED, EXIT_OK, log_to_stderr, open_store, proven_user
 from cds_daemon.common.config import Settings
 from cds_daemon.common.vocabulary import UserRole
 from cds_daemon.store import Store
@@ -108,7 +108,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from cds_daemon.analysis.calibration import status
 
     bundle = _bundle(settings)
-    store = None if bundle is None else _open_store(settings)
+    store = None if bundle is None else open_store(settings)
     if store is None or bundle is None:
         return EXIT_FAILED
     try:
@@ -125,9 +125,9 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def _change(settings: Settings, args: argparse.Namespace, action: str) -> int:
     from cds_daemon.analysis import calibration
 
-    _log_to_stderr(settings)
+    log_to_stderr(settings)
     bundle = _bundle(settings)
-    store = None if bundle is None else _open_store(settings)
+    store = None if bundle is None else open_store(settings)
     if store is None or bundle is None:
         return EXIT_FAILED
     try:
@@ -135,8 +135,9 @@ def _change(settings: Settings, args: argparse.Namespace, action: str) -> int:
         if actor is None:
             return EXIT_FAILED
         if action == "certify":
-            alpha = args.alpha if args.alpha is not None else settings.triage.risk_alpha or 0.02
-            delta = args.delta if args.delta is not None else settings.triage.risk_delta or 0.1
+            default_alpha, default_delta = settings.triage.risk_levels()
+            alpha = default_alpha if args.alpha is None else args.alpha
+            delta = default_delta if args.delta is None else args.delta
             rule = calibration.certify(store, bundle, alpha=alpha, delta=delta, actor=actor)
             done = f"certified site rule {rule.id} (not active yet: cds-daemon calibration activate {rule.id})"
         elif action == "activate":

@@ -24,7 +24,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-def _open_store(settings: Settings) -> Store | None:
+def open_store(settings: Settings) -> Store | None:
     from cds_daemon.store import StoreUnavailable
 
     db = settings.storage.database
@@ -50,7 +50,7 @@ def _item_dict(store: Store, item: WorklistItem) -> dict[str, Any]:
 
 
 def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_store(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:
@@ -82,7 +82,7 @@ def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     from cds_daemon.review.service import ReviewError, ReviewService
 
-    store = _open_store(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:
@@ -132,7 +132,7 @@ def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_to_stderr(settings: Settings) -> None:
+def log_to_stderr(settings: Settings) -> None:
     """JSON log lines on stderr, so that standard output stays the command's result (e.g. --json)."""
     configure_logging(settings.log_level, stream=sys.stderr)
 
@@ -166,8 +166,8 @@ def _reviewer(store: Store, args: argparse.Namespace) -> str | None:
 def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     from cds_daemon.review.service import ReviewError, ReviewService
 
-    _log_to_stderr(settings)
-    store = _open_store(settings)
+    log_to_stderr(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:
@@ -235,7 +235,7 @@ def _cmd_user_token(settings: Settings, args: argparse.Namespace) -> int:
     """A token for ``worklist decide --token``: the reviewer proves who they are once, by password."""
     from cds_daemon.review.auth import authenticate, issue_token
 
-    store = _open_store(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:
@@ -252,7 +252,7 @@ def _cmd_user_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_user_disable(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_store(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:
@@ -267,7 +267,7 @@ def _cmd_user_disable(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_store(settings)
+    store = open_store(settings)
     if store is None:
         return EXIT_FAILED
     try:

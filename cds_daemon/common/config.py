@@ -229,6 +229,9 @@ class QualitySettings(_Section):
     min_sharpness: float = Field(8.0, ge=0, description="Laplacian variance below this: out of focus")
 
 
+DEFAULT_RISK_ALPHA, DEFAULT_RISK_DELTA = 0.02, 0.1
+
+
 class TriageSettings(_Section):
     """When a prediction goes to the expert-review worklist. Every reason that applies is recorded."""
 
@@ -259,6 +262,14 @@ class TriageSettings(_Section):
     )
     refer_indeterminate: bool = True
     refer_ensemble_disagreement: bool = True
+
+    def risk_levels(self) -> tuple[float, float]:
+        """(alpha, delta) a site rule is certified and shown at: the configured ones, else 0.02 and 0.1."""
+        return (
+            DEFAULT_RISK_ALPHA if self.risk_alpha is None else self.risk_alpha,
+            DEFAULT_RISK_DELTA if self.risk_delta is None else self.risk_delta,
+        )
+
     refer_conformal_not_singleton: bool = True
     refer_ood: bool = True
     refer_quality: bool = True

@@ -42,7 +42,6 @@ log = get_logger("review")
 OOD_REASONS = frozenset({ReferralReason.OOD_MAHALANOBIS, ReferralReason.OOD_ENERGY, ReferralReason.OOD_STAIN})
 MIN_WINDOW = 50  # fewer recent images than this: too few to call drift
 MIX_DISTANCE = 0.2
-DEFAULT_ALPHA, DEFAULT_DELTA = 0.02, 0.1  # for a bundle without a finalisation rule
 
 
 def sampled_for_audit(sop_instance_uid: str, fraction: float) -> bool:
@@ -178,8 +177,11 @@ def check_for(
     """``check`` with the alpha and delta the daemon finalises with, the bundle's reference figures and, in
     live mode, the active site rule of the bundle ``model_sha256``."""
     block = manifest.finalisation if manifest is not None else None
-    alpha = settings.triage.risk_alpha or (float(block["alpha"]) if block else DEFAULT_ALPHA)
-    delta = settings.triage.risk_delta or (float(block["delta"]) if block else DEFAULT_DELTA)
+    alpha, delta = settings.triage.risk_levels()  # a bundle's own rule, where it has one and none is configured
+    if block and settings.triage.risk_alpha is None:
+        alpha = float(block["alpha"])
+    if block and settings.triage.risk_delta is None:
+        delta = float(block["delta"])
     reference = manifest.raw.get("reference") if manifest is not None else None
     live = settings.triage.mode == TriageMode.LIVE and model_sha256 is not None
     rule = store.active_rule(model_sha256) if live and model_sha256 is not None else None

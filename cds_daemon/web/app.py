@@ -498,8 +498,8 @@ def _register_calibration(app: Flask, ctx: WebContext) -> None:
     @admin_required
     def calibration_certify() -> Any:
         def do(rules: BundleRules, actor: str) -> str:
-            alpha = form_float("alpha", ctx.settings.triage.risk_alpha or 0.02)
-            delta = form_float("delta", ctx.settings.triage.risk_delta or 0.1)
+            default_alpha, default_delta = ctx.settings.triage.risk_levels()
+            alpha, delta = form_float("alpha", default_alpha), form_float("delta", default_delta)
             rule = calibration.certify(ctx.store, rules, alpha=alpha, delta=delta, actor=actor)
             return f"Site rule {rule.id} certified. It is not in force until it is activated."
 

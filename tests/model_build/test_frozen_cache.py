@@ -12,7 +12,7 @@ import torch
 from model_build.config import TrainConfig
 from model_build.curriculum import CurriculumSampler
 from model_build.demo import small_dataset, tiny_config
-from model_build.frozen_cache import FrozenCache, FrozenRunner, TailModel, frozen_part, run_frozen
+from model_build.frozen_cache import FrozenCache, FrozenPart, FrozenRunner, TailModel, run_frozen
 from model_build.models import create_backbone
 from model_build.run import train_run
 from model_build.train_basic import freeze_early_layers
@@ -30,9 +30,9 @@ def test_tail_on_frozen_maps_gives_the_full_models_logits() -> None:
     x = torch.randn(4, 3, 224, 224)
     with torch.inference_mode():
         full = model(x)
-        maps = run_frozen(frozen_part(model, 4), x)  # stored in float16
+        maps = run_frozen(FrozenPart(model, 4), x)  # stored in float16
         tail = TailModel(model, 4).eval()(maps)
-        exact = TailModel(model, 4).eval()(frozen_part(model, 4)(x))
+        exact = TailModel(model, 4).eval()(FrozenPart(model, 4)(x))
     assert maps.dtype == torch.float16 and tuple(maps.shape[1:]) == (80, 14, 14)
     torch.testing.assert_close(exact, full, atol=1e-5, rtol=1e-5)  # the same network
     torch.testing.assert_close(tail, full, atol=2e-2, rtol=2e-2)  # float16 storage of the maps only
@@ -46,10 +46,10 @@ def test_the_cache_covers_the_drawable_items_with_map_augmentation(data: Path) -
     views = TrainViews(paths, labels, seed=1)
     model = create_backbone(0.3, arch="efficientnet_lite0")
     freeze_early_layers(model, 3)
-    runner = FrozenRunner(frozen_part(model, 3), 224, threads=2)
+    runner = FrozenRunner(FrozenPart(model, 3), 224, threads=2)
     cache = FrozenCache.build(views, runner, {"E_grid", "A_whole"}, variants=2, seed=1)
     x = torch.randn(3, 3, 224, 224)
-    torch.testing.assert_close(runner(x).float(), run_frozen(frozen_part(model, 3), x).float(), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(runner(x).float(), run_frozen(FrozenPart(model, 3), x).float(), atol=2e-3, rtol=2e-3)
     drawable = [i for i, it in enumerate(views.items) if it.stage in ("E_grid", "A_whole")]
     assert cache.maps.shape[:2] == (len(drawable), 2) and cache.maps.dtype == torch.float16
     assert (cache.slot[drawable] >= 0).all() and (np.delete(cache.slot, drawable) == -1).all()
