@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from cds_daemon.common.clock import timestamp, timestamp_in
-from cds_daemon.common.config import Settings
+from cds_daemon.common.config import Settings, usable_cores
 from cds_daemon.common.version import software_version
 from cds_daemon.common.vocabulary import TriageMode
 from cds_daemon.ingest.listener import Listener
@@ -140,10 +141,16 @@ class Service:
             from cds_daemon.analysis.worker import Worker
 
             try:
-                engine = Engine(s.model_bundle, threads=s.worker_threads, chunk=s.backbone_chunk)
+                engine = Engine(s.model_bundle, threads=s.model_threads(), chunk=s.backbone_chunk)
             except (BundleError, OSError) as exc:
                 raise StartupError(f"model bundle {s.model_bundle}: {exc}") from exc
-            log.info("model_loaded", name=engine.manifest.name, version=engine.manifest.version)
+            log.info(
+                "model_loaded",
+                name=engine.manifest.name,
+                version=engine.manifest.version,
+                runtime=self.runtime(),
+                detail="model threads: worker_threads, or (0) the usable cores less one for the helper process",
+            )
             self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
             self.worker.start()
         self._add_worklist_jobs()
@@ -239,11 +246,23 @@ class Service:
                 os.getpid(),
                 f"{software_version()} (schema {self.store.schema_version})",
                 self._started,
+                self.runtime(),
             )
             if self.worker is not None:
                 self.worker.renew_claims()
         except StoreUnavailable:
             log.warning("store_unavailable", stage="heartbeat")
+
+    def runtime(self) -> str | None:
+        """How the model runs on this node, as ``status`` and health show it: runtime, threads, cores."""
+        if self.settings.model_bundle is None:
+            return None
+        threads = self.settings.model_threads()
+        chosen = "set" if self.settings.worker_threads else "chosen"
+        return (
+            f"onnxruntime {package_version('onnxruntime')}: {threads} model thread(s) ({chosen}), "
+            f"helper process on another core, {usable_cores()} usable core(s)"
+        )
 
     def triage_info(self) -> dict[str, Any]:
         """What may be finalised now, and why (health's JSON, the metric); a store that is down says so."""
@@ -251,6 +270,7 @@ class Service:
 
         if self.worker is None:
             return {"triage": {"configured": str(self.settings.triage.mode), "mode": None, "why": "no model"}}
+        runtime = {"runtime": self.runtime()}
         policy = resolve(self.settings, self.worker.engine.rules, self.store)
         TRIAGE_FINALISING.clear()
         TRIAGE_FINALISING.labels(configured=policy.configured, mode=policy.mode).set(int(policy.finalises))
@@ -260,7 +280,8 @@ class Service:
                 "mode": str(policy.mode),
                 "rule_id": policy.rule_id,
                 "why": policy.why,
-            }
+            },
+            **runtime,
         }
 
     def monitor(self) -> Monitoring:

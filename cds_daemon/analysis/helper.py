@@ -38,6 +38,7 @@ from cds_daemon.ops.metrics import HELPER_RESTARTS
 from cds_daemon.ops.threads import blas_threads, limit_blas_threads
 from cds_daemon.reports.files import write_objects
 from cds_daemon.reports.result import AIResult
+from cds_daemon.reports.template import Templates
 from cds_daemon.store import OutputObject
 from cds_daemon.store.spool import Spool
 
@@ -73,6 +74,7 @@ def _init(settings: Settings, parent: int) -> None:
     _STATE["settings"] = settings
     _STATE["results"] = Spool(settings.storage.results_dir, node=settings.spool_node)
     _STATE["images"] = {}
+    _STATE["templates"] = Templates() if settings.reports.templates else None
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -102,7 +104,12 @@ def _report(uid: str, path: str, result: AIResult) -> ReportOutputs:
     if kept is None:
         image = decode(Path(path))
         kept = (image.dataset, image.rgb)
-    outputs = write_objects(_STATE["results"], build_objects(kept[0], kept[1], result))
+    outputs = write_objects(
+        _STATE["results"],
+        build_objects(
+            kept[0], kept[1], result, _STATE["templates"], heatmap_jpeg=_STATE["settings"].reports.heatmap_jpeg
+        ),
+    )
     return ReportOutputs(outputs, (time.perf_counter() - t0) * 1000)
 
 

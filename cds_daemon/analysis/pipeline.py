@@ -27,6 +27,7 @@ from cds_daemon.reports.heatmap import build_heatmap_sc
 from cds_daemon.reports.kos import build_review_kos
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.sr import build_ai_sr
+from cds_daemon.reports.template import Templates
 from cds_daemon.store import OutputObject, PredictionRecord
 from cds_daemon.store.spool import Spool
 
@@ -161,15 +162,25 @@ def infer(
     return Inferred(pred, quality, triage, result, (time.perf_counter() - t0) * 1000)
 
 
-def build_objects(source: pydicom.Dataset, rgb: np.ndarray, result: AIResult) -> list[tuple[str, pydicom.Dataset]]:
-    """The AI SR, the heatmap SC (when there is a CAM) and, for a referred case, the review KOS."""
-    sr = build_ai_sr(source, result)
-    sc = build_heatmap_sc(source, rgb, result) if result.cam is not None else None
+def build_objects(
+    source: pydicom.Dataset,
+    rgb: np.ndarray,
+    result: AIResult,
+    templates: Templates | None = None,
+    *,
+    heatmap_jpeg: bool = True,
+) -> list[tuple[str, pydicom.Dataset]]:
+    """The AI SR, the heatmap SC (when there is a CAM) and, for a referred case, the review KOS.
+
+    ``templates`` (the worker's helper keeps one per process) makes the SR and KOS from checked templates.
+    """
+    sr = build_ai_sr(source, result, templates=templates)
+    sc = build_heatmap_sc(source, rgb, result, jpeg=heatmap_jpeg) if result.cam is not None else None
     objects: list[tuple[str, pydicom.Dataset]] = [(OutputKind.SR, sr)]
     if sc is not None:
         objects.append((OutputKind.SC, sc))
     if result.referred:
-        objects.append((OutputKind.KOS, build_review_kos(source, result, sr, sc)))
+        objects.append((OutputKind.KOS, build_review_kos(source, result, sr, sc, templates=templates)))
     return objects
 
 
@@ -185,7 +196,7 @@ def process_image(
     prepared = prepare(path, settings)
     inferred = infer(prepared.rgb, prepared.quality, engine, settings, policy or resolve(settings, engine.rules, None))
     t_model = time.perf_counter()
-    objects = build_objects(prepared.dataset, prepared.rgb, inferred.result)
+    objects = build_objects(prepared.dataset, prepared.rgb, inferred.result, heatmap_jpeg=settings.reports.heatmap_jpeg)
     t_end = time.perf_counter()
     timings = {
         "prepare": prepared.ms,

@@ -35,12 +35,14 @@ from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
 from cds_daemon.review.audit import sampled_for_audit
 from cds_daemon.store import Instance, LostClaim, OutputObject, Store, StoreUnavailable
-from cds_daemon.store.spool import Spool
+from cds_daemon.store.spool import DiskFullError, Spool
 
 log = get_logger("worker")
 
 #: Images decoded ahead of the model; also bounds the cases waiting for their reports.
 LOOKAHEAD = 2
+#: After the results could not be written for want of space: how long new claims wait.
+DISK_FULL_PAUSE_S = 5.0
 
 
 class OffloadCrash(RuntimeError):
@@ -89,6 +91,7 @@ class Worker:
         self.last_heartbeat = time.monotonic()
         self._in_flight: set[str] = set()  # claimed, not yet recorded: the leases the heartbeat renews
         self._in_flight_lock = threading.Lock()
+        self._paused_until = 0.0
 
     def start(self) -> None:
         self.offload = Offload(self.settings)
@@ -115,6 +118,8 @@ class Worker:
 
     def _claim_ahead(self, ahead: deque[tuple[Instance, float, Future[PreparedPixels]]]) -> None:
         assert self.offload is not None
+        if time.monotonic() < self._paused_until:  # the results disk is full: nothing could be written
+            return
         while len(ahead) < LOOKAHEAD and not self._stop.is_set():
             try:
                 instance = self.store.claim_next(
@@ -270,6 +275,16 @@ class Worker:
             return
         if isinstance(exc, StoreUnavailable):  # left claimed; the claim runs out and the image is analysed again
             log.error("store_unavailable", stage="record", sop_instance_uid=uid)
+            return
+        if isinstance(exc, DiskFullError):  # passing, as the store's outage: left claimed, analysed again later
+            self._paused_until = time.monotonic() + DISK_FULL_PAUSE_S
+            log.error(
+                "disk_full",
+                stage="results",
+                sop_instance_uid=uid,
+                detail=f"{exc}; the image is analysed again once its claim runs out, new claims wait "
+                f"{DISK_FULL_PAUSE_S:.0f} s",
+            )
             return
         reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DecodeError):

@@ -170,6 +170,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"node {n['node_id']} on {n['host']} (pid {n['pid']}, {n['version']}): "
                 f"last seen {n['last_seen']}, holds {held}"
             )
+            if n.get("runtime"):
+                print(f"  model: {n['runtime']}")
         print("instances:")
         for state, n in report["instances"].items():
             print(f"  {state:<11} {n}")
@@ -266,7 +268,7 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         print("cds-daemon: replay needs a model bundle (--bundle or model_bundle in the config)", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        engine = Engine(bundle, threads=settings.worker_threads, chunk=settings.backbone_chunk)
+        engine = Engine(bundle, threads=settings.model_threads(), chunk=settings.backbone_chunk)
     except (BundleError, OSError) as exc:
         print(f"cds-daemon: model bundle {bundle}: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED

@@ -284,6 +284,16 @@ class ReportsSettings(_Section):
         "SR that says so and why, besides its 'not analysed' worklist entry",
     )
     case_sr: bool = Field(True, description="write a case-level SR for each case (a specimen's images)")
+    templates: bool = Field(
+        True,
+        description="build the AI SR and KOS of each image from a template highdicom made for the first one of "
+        "its kind and that was checked against highdicom's own (about 3x cheaper); false: highdicom builds each",
+    )
+    heatmap_jpeg: bool = Field(
+        True,
+        description="heatmap Secondary Capture as JPEG Baseline (about 16x smaller to write and send; a peer "
+        "that takes only uncompressed gets it decoded); false: uncompressed RGB",
+    )
     case_quiet_s: float = Field(
         600.0,
         gt=0,
@@ -412,6 +422,11 @@ class ClusterSettings(_Section):
     heartbeat_s: float = Field(10.0, gt=0, description="how often a node renews its claims and reports itself")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which systemd's CPUAffinity= and cgroups set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """All daemon settings. ``deploy/config.example.toml`` documents every field."""
 
@@ -435,12 +450,20 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(
-        1, ge=1, le=64, description="ONNX Runtime intra-op threads (the worker's helper process takes one more core)"
+        0,
+        ge=0,
+        le=64,
+        description="ONNX Runtime intra-op threads; 0 chooses at start: the usable cores less the one the "
+        "worker's helper process takes, at least 1",
     )
     backbone_chunk: int = Field(
         4, ge=1, le=64, description="views per backbone run: bounds ONNX Runtime's memory arena (bench_model.py)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def model_threads(self) -> int:
+        """ONNX Runtime threads for the model: ``worker_threads``, or (0) one per usable core but the helper's."""
+        return self.worker_threads or max(1, usable_cores() - 1)
 
     @property
     def node_id(self) -> str:

@@ -151,7 +151,13 @@ def _send_one(assoc: Association, item_id: int, ds: pydicom.Dataset) -> SendOutc
     try:
         status = assoc.send_c_store(ds)
     except (ValueError, RuntimeError) as exc:  # no accepted context for this object
-        return SendOutcome(item_id, False, f"not sendable: {exc}")
+        if not ds.file_meta.TransferSyntaxUID.is_compressed:
+            return SendOutcome(item_id, False, f"not sendable: {exc}")
+        try:  # e.g. the JPEG heatmap to a peer that takes only uncompressed: the same instance, decoded
+            ds.decompress(generate_instance_uid=False)
+            status = assoc.send_c_store(ds)
+        except Exception as retry:  # a decoder's or pynetdicom's: the reason goes to the outbox
+            return SendOutcome(item_id, False, f"not sendable: {exc}; decompressed: {retry}")
     if status is None or "Status" not in status:
         return SendOutcome(item_id, False, "no response (timeout or abort)")
     code = int(status.Status)

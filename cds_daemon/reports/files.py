@@ -18,9 +18,9 @@ def encode(ds: pydicom.Dataset) -> bytes:
 
 
 def write_objects(results: Spool, objects: list[tuple[str, pydicom.Dataset]]) -> list[OutputObject]:
-    """Each object durably in the results spool, named by its SOPInstanceUID."""
-    outputs = []
-    for kind, ds in objects:
-        spooled = results.write(str(ds.SOPInstanceUID), encode(ds))
-        outputs.append(OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(spooled.path)))
-    return outputs
+    """The objects of one case durably in the results spool (one round of fsyncs), named by SOPInstanceUID."""
+    spooled = results.write_all([(str(ds.SOPInstanceUID), encode(ds)) for _, ds in objects])
+    return [
+        OutputObject(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(file.path))
+        for (kind, ds), file in zip(objects, spooled, strict=True)
+    ]

@@ -15,8 +15,9 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind
 from cds_daemon.reports import codes
@@ -222,19 +223,38 @@ _LOSSY_SYNTAXES = {
 }
 
 
-def _lossy_attributes(source: Dataset) -> dict[str, object]:
+def _lossy_attributes(source: Dataset, ours: float | None) -> dict[str, object]:
     """Once lossy-compressed, always flagged (PS3.3 C.7.6.1.1.5), whether the source says so or its transfer
-    syntax does (a camera JPEG)."""
+    syntax does (a camera JPEG). ``ours``: the ratio of our own JPEG encoding of the picture, one more lossy
+    step after the source's (ratio and method then have a value per step, the source's first)."""
     syntax = str(getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if str(source.get("LossyImageCompression", "")) != "01" and syntax not in _LOSSY_SYNTAXES:
+    source_lossy = str(source.get("LossyImageCompression", "")) == "01" or syntax in _LOSSY_SYNTAXES
+    if not source_lossy and ours is None:
         return {"LossyImageCompression": "00"}
+    ratios: list[str] = []
+    methods: list[str] = []
+    if source_lossy:
+        ratios = [str(v) for v in _values(source.get("LossyImageCompressionRatio"))]
+        methods = [str(v) for v in _values(source.get("LossyImageCompressionMethod"))]
+        if not methods and syntax in _LOSSY_SYNTAXES:
+            methods = [_LOSSY_SYNTAXES[syntax]]
+    if ours is not None:
+        if len(ratios) != len(methods):  # the source's history is incomplete: only our step can be stated
+            ratios, methods = [], []
+        ratios.append(f"{ours:.2f}")
+        methods.append("ISO_10918_1")
     attrs: dict[str, object] = {"LossyImageCompression": "01"}
-    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
-        if keyword in source:
-            attrs[keyword] = source[keyword].value
-    if "LossyImageCompressionMethod" not in attrs and syntax in _LOSSY_SYNTAXES:
-        attrs["LossyImageCompressionMethod"] = _LOSSY_SYNTAXES[syntax]
+    if ratios:
+        attrs["LossyImageCompressionRatio"] = ratios if len(ratios) > 1 else ratios[0]
+    if methods:
+        attrs["LossyImageCompressionMethod"] = methods if len(methods) > 1 else methods[0]
     return attrs
+
+
+def _values(element: object) -> list[object]:
+    if element is None or element == "":
+        return []
+    return list(element) if isinstance(element, list | tuple | MultiValue) else [element]
 
 
 def build_heatmap_sc(
@@ -243,15 +263,21 @@ def build_heatmap_sc(
     result: AIResult,
     *,
     manufacturer: str = DEFAULT_MANUFACTURER,
+    jpeg: bool = True,
 ) -> Dataset:
-    """The heatmap as a Secondary Capture image in the source study (new series, deterministic UIDs)."""
+    """The heatmap as a Secondary Capture image in the source study (new series, deterministic UIDs).
+
+    ``jpeg``: JPEG Baseline (quality 95, libjpeg-turbo through Pillow), about 16x smaller than the
+    uncompressed picture (2.8 MB) to write, fsync and send; a destination that does not accept it gets it
+    decompressed (``egress.sender``). The picture is a rendering, not a diagnostic image, and says so.
+    """
     header = evidence_of(source)
     picture = render_heatmap(np.ascontiguousarray(source_pixels), result)
     created = now()
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=picture,
-        photometric_interpretation="RGB",
+        photometric_interpretation="YBR_FULL_422" if jpeg else "RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
         patient_orientation=("L", "F"),
@@ -259,7 +285,7 @@ def build_heatmap_sc(
         series_number=SERIES_NUMBER[OutputKind.SC],
         sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sc"),
         instance_number=1,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+        transfer_syntax_uid=JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian,
         series_description=series_description("AI heatmap", result, NOT_FOR_DIAGNOSIS),
         specific_character_set=character_set(header, result, manufacturer),
         content_date=created.date(),
@@ -289,7 +315,8 @@ def build_heatmap_sc(
         reference.ReferencedFrameNumber = 1
     reference.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.SOURCE_IMAGE_FOR_PROCESSING)]
     sc.SourceImageSequence = Sequence([reference])
-    for keyword, value in _lossy_attributes(source).items():
+    ratio = picture.nbytes / len(sc.PixelData) if jpeg else None
+    for keyword, value in _lossy_attributes(source, ratio).items():
         setattr(sc, keyword, value)
     sc.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
     return sc

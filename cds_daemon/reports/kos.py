@@ -6,6 +6,8 @@ source image, the AI SR and the heatmap, and says in its description why the cas
 
 from __future__ import annotations
 
+from typing import Any
+
 import highdicom as hd
 from pydicom import Dataset
 
@@ -23,6 +25,8 @@ from cds_daemon.reports.source import (
     now,
     series_description,
 )
+from cds_daemon.reports.sr import dated
+from cds_daemon.reports.template import Case, Templates
 from cds_daemon.reports.uids import derived_uid
 
 
@@ -48,8 +52,12 @@ def build_review_kos(
     heatmap: Dataset | None,
     *,
     manufacturer: str = DEFAULT_MANUFACTURER,
+    templates: Templates | None = None,
 ) -> Dataset:
-    """KOS in the source study selecting the source image, the AI SR and (if made) the heatmap."""
+    """KOS in the source study selecting the source image, the AI SR and (if made) the heatmap.
+
+    With ``templates``, the document around the content comes from a checked template (``reports.template``).
+    """
     result.validate()
     header = evidence_of(source)
     selected = [header, ai_sr] + ([heatmap] if heatmap is not None else [])
@@ -63,21 +71,34 @@ def build_review_kos(
         description=review_description(result),
     )
     created = now()
-    kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=selected,
-        content=content,
-        series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "kos-series"),
-        series_number=SERIES_NUMBER[OutputKind.KOS],
-        sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "kos"),
-        instance_number=1,
-        series_description=series_description("AI referral", result, "For Physician Review"),
-        specific_character_set=character_set(header, result, manufacturer),
-        content_date=created.date(),
-        content_time=created.time(),
-        series_date=created.date(),
-        series_time=created.time(),
-        **equipment(result, manufacturer),
-    )
-    copy_patient_study(kos, header)
-    kos.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
-    return kos
+    fields: dict[str, Any] = {
+        "SOPInstanceUID": derived_uid(header.SOPInstanceUID, result.model_version, "kos"),
+        "SeriesInstanceUID": derived_uid(header.SOPInstanceUID, result.model_version, "kos-series"),
+        "SeriesDescription": series_description("AI referral", result, "For Physician Review"),
+        "SpecificCharacterSet": character_set(header, result, manufacturer),
+    }
+
+    def build() -> Dataset:
+        kos = hd.ko.KeyObjectSelectionDocument(
+            evidence=selected,
+            content=content,
+            series_instance_uid=fields["SeriesInstanceUID"],
+            series_number=SERIES_NUMBER[OutputKind.KOS],
+            sop_instance_uid=fields["SOPInstanceUID"],
+            instance_number=1,
+            series_description=fields["SeriesDescription"],
+            specific_character_set=fields["SpecificCharacterSet"],
+            content_date=created.date(),
+            content_time=created.time(),
+            series_date=created.date(),
+            series_time=created.time(),
+            **equipment(result, manufacturer),
+        )
+        copy_patient_study(kos, header)
+        kos.ContributingEquipmentSequence = [contributing_equipment(result, manufacturer)]
+        return kos
+
+    if templates is None:
+        return build()
+    key = ("kos", result.model_sha256, result.model_version, manufacturer, header.SOPClassUID)
+    return templates.make(key, Case(header, content[0], selected, {**fields, **dated(created)}), build)

@@ -16,7 +16,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as std
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DT
+from pydicom.valuerep import DA, DT, TM
 
 from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind, ReviewDecision
 from cds_daemon.reports import codes
@@ -31,6 +31,7 @@ from cds_daemon.reports.source import (
     now,
     series_description,
 )
+from cds_daemon.reports.template import Case, Templates
 from cds_daemon.reports.uids import derived_uid
 
 _PN_COMPONENT_MAX = 64
@@ -122,12 +123,14 @@ def build_ai_sr(
     *,
     manufacturer: str = DEFAULT_MANUFACTURER,
     device_uid: str | None = None,
+    templates: Templates | None = None,
 ) -> Dataset:
     """The AI result as a TID 1500 Comprehensive SR in the source study (new series, deterministic UIDs).
 
     For an image the AI could not analyse (``result.analysed`` false) the same document says so and why,
     with no class or probability, so the PACS shows "not analysed" rather than nothing. A later
-    successful analysis replaces it (same SOP Instance UID).
+    successful analysis replaces it (same SOP Instance UID). With ``templates`` (the worker's helper), the
+    document around the content tree comes from a checked template (:mod:`cds_daemon.reports.template`).
     """
     if result.analysed:
         result.validate()
@@ -140,26 +143,54 @@ def build_ai_sr(
         procedure_reported=codes.MICROSCOPY,
         imaging_measurements=[_ai_group(header, result, manufacturer)],
     )
-    return preliminary_sr(
-        header,
-        result,
-        manufacturer,
-        evidence=[header],
-        content=report[0],
-        series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
-        series_number=SERIES_NUMBER[OutputKind.SR],
-        sop_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "sr"),
-        instance_number=1,
-        series_description=series_description(
+    created = now()
+    fields: dict[str, Any] = {
+        "SOPInstanceUID": derived_uid(header.SOPInstanceUID, result.model_version, "sr"),
+        "SeriesInstanceUID": derived_uid(header.SOPInstanceUID, result.model_version, "sr-series"),
+        "SeriesDescription": series_description(
             "AI cytology result" if result.analysed else "AI not analysed", result, "PRELIMINARY"
         ),
-    )
+        "SpecificCharacterSet": character_set(header, result, manufacturer),
+    }
+
+    def build() -> Dataset:
+        return preliminary_sr(
+            header,
+            result,
+            manufacturer,
+            created=created,
+            evidence=[header],
+            content=report[0],
+            series_instance_uid=fields["SeriesInstanceUID"],
+            series_number=SERIES_NUMBER[OutputKind.SR],
+            sop_instance_uid=fields["SOPInstanceUID"],
+            instance_number=1,
+            series_description=fields["SeriesDescription"],
+        )
+
+    if templates is None:
+        return build()
+    key = ("ai-sr", result.model_sha256, result.model_version, manufacturer, device_uid or "", header.SOPClassUID)
+    case = Case(header, report[0], [header], {**fields, **dated(created)})
+    return templates.make(key, case, build)
 
 
-def preliminary_sr(source: Dataset, model: AIResult, manufacturer: str, **fields: Any) -> Dataset:
+def dated(created: datetime.datetime) -> dict[str, Any]:
+    """Content and series date and time of a document made at ``created``, as highdicom sets them."""
+    return {
+        "ContentDate": DA(created.date()),
+        "ContentTime": TM(created.time()),
+        "SeriesDate": DA(created.date()),
+        "SeriesTime": TM(created.time()),
+    }
+
+
+def preliminary_sr(
+    source: Dataset, model: AIResult, manufacturer: str, *, created: datetime.datetime | None = None, **fields: Any
+) -> Dataset:
     """A Comprehensive SR the AI authors (image or case result): complete, PRELIMINARY and UNVERIFIED, dated
-    now, declaring our coding scheme, with the equipment and Contributing Equipment of this model."""
-    created = now()
+    ``created`` (now), declaring our coding scheme, with the equipment and Contributing Equipment of this model."""
+    created = created or now()
     sr = hd.sr.ComprehensiveSR(
         is_complete=True,
         is_final=False,

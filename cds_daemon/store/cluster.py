@@ -9,13 +9,17 @@ from cds_daemon.store.database import StoreBase
 
 
 class ClusterStore(StoreBase):
-    def node_heartbeat(self, node_id: str, host: str, pid: int, version: str, started_at: str) -> None:
+    def node_heartbeat(
+        self, node_id: str, host: str, pid: int, version: str, started_at: str, runtime: str | None = None
+    ) -> None:
+        """``runtime``: how this node runs the model (runtime, threads chosen, cores), for ``status``."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO nodes (node_id, host, pid, version, started_at, last_seen) VALUES (?,?,?,?,?,?)"
-                " ON CONFLICT (node_id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                " version = excluded.version, started_at = excluded.started_at, last_seen = excluded.last_seen",
-                (node_id, host, pid, version, started_at, timestamp()),
+                "INSERT INTO nodes (node_id, host, pid, version, started_at, last_seen, runtime)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT (node_id) DO UPDATE SET host = excluded.host,"
+                " pid = excluded.pid, version = excluded.version, started_at = excluded.started_at,"
+                " last_seen = excluded.last_seen, runtime = excluded.runtime",
+                (node_id, host, pid, version, started_at, timestamp(), runtime),
             )
 
     def nodes(self) -> list[dict[str, Any]]:

@@ -284,4 +284,8 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT
     );
     """,
+    # How each node runs the model (runtime, threads chosen at start, usable cores): ``status`` shows it.
+    """
+    ALTER TABLE nodes ADD COLUMN runtime TEXT;
+    """,
 )

@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,27 +83,43 @@ class Spool:
 
     def write(self, sop_instance_uid: str, data: bytes) -> SpooledFile:
         """Store ``data`` durably under the instance's final path."""
-        final = self.path_for(sop_instance_uid)
-        if self.free_bytes() - len(data) < self.min_free_bytes:
+        return self.write_all([(sop_instance_uid, data)])[0]
+
+    def write_all(self, items: Sequence[tuple[str, bytes]]) -> list[SpooledFile]:
+        """Store several objects (one case's results) durably, with one round of fsyncs for all of them.
+
+        Each is written and fsynced under a temporary name, then all are renamed into place and each
+        directory is fsynced once. A crash leaves each object either absent or whole; none is reported
+        until all are durable.
+        """
+        finals = [self.path_for(uid) for uid, _ in items]
+        size = sum(len(data) for _, data in items)
+        if self.free_bytes() - size < self.min_free_bytes:
             raise DiskFullError(f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)")
         if self.used_ratio() > self.max_used_ratio:
             raise DiskFullError(f"disk usage above the configured watermark ({self.max_used_ratio:.0%})")
-        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        temps = [self.incoming / f"{uuid.uuid4().hex}.part" for _ in items]
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            _fsync_dir(self.incoming)
+            for tmp, (_, data) in zip(temps, items, strict=True):
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            for tmp, final in zip(temps, finals, strict=True):
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp, final)
+            for directory in dict.fromkeys([*(f.parent for f in finals), self.incoming]):
+                _fsync_dir(directory)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            for tmp in temps:
+                tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"disk full while writing: {exc.strerror}") from exc
             raise
-        return SpooledFile(final, len(data), hashlib.sha256(data).hexdigest())
+        return [
+            SpooledFile(final, len(data), hashlib.sha256(data).hexdigest())
+            for final, (_, data) in zip(finals, items, strict=True)
+        ]
 
     def clean_incoming(self) -> int:
         """Remove partial files left by a crash; they were never acknowledged."""

@@ -83,6 +83,39 @@ def test_delivers_and_completes_instances(tmp_path: Path, orthanc: OrthancProces
     assert egress.run_once() == 0  # nothing sent twice
 
 
+def test_jpeg_heatmap_reaches_a_peer_that_takes_only_uncompressed(tmp_path: Path) -> None:
+    """The heatmap SC is JPEG; dcmtk's storescp by default accepts uncompressed syntaxes only: it gets the
+    same instance (same UID), decoded, and it counts as delivered."""
+    from cds_daemon.reports.heatmap import build_heatmap_sc
+    from tests.support.reports import field_pixels, make_result, vl_microscopic
+
+    store = Store(tmp_path / "db.sqlite3")
+    (object_uid,) = _queue_outputs(store, tmp_path, 1, ["pacs"])
+    (item,) = store.due_outbox(now="9999")
+    source = vl_microscopic()
+    sc = build_heatmap_sc(source, field_pixels(), make_result())
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50" and sc.LossyImageCompression == "01"
+    sc.SOPInstanceUID = sc.file_meta.MediaStorageSOPInstanceUID = object_uid
+    sc.StudyInstanceUID = pydicom.dcmread(item.path).StudyInstanceUID
+    sc.save_as(item.path, enforce_file_format=True)
+    scp = StoreSCPProcess(workdir=tmp_path / "scp", ae_title="ORTHANC", accept_all=False).start()
+    try:
+        egress = Egress(
+            store,
+            [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=scp.port)],
+            EgressSettings(),
+            calling_ae="THYROID_CDS",
+        )
+        assert egress.run_once() == 1
+        (received,) = [pydicom.dcmread(p) for p in scp.received_dir.iterdir()]
+        assert received.SOPInstanceUID == object_uid
+        assert not received.file_meta.TransferSyntaxUID.is_compressed
+        assert received.PhotometricInterpretation == "RGB" and received.LossyImageCompression == "01"
+        assert store.outbox_counts()["delivered"] == 1
+    finally:
+        scp.stop()
+
+
 def test_outage_then_recovery(tmp_path: Path) -> None:
     pacs = OrthancProcess(workdir=tmp_path / "orthanc")
     store = Store(tmp_path / "db.sqlite3")

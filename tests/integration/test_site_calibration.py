@@ -110,6 +110,9 @@ def test_shadow_certify_live_fallback_and_a_new_bundle(
     d = make_daemon(bundle=tiny_bundle, triage_mode="live", extra_config=CONFIG).start()
     token = _users(d)
     assert _triage(d)["mode"] == "shadow" and "no site rule is active" in _triage(d)["why"]
+    _, body = d.http("/healthz/ready")
+    assert "1 model thread(s) (set), helper process on another core" in json.loads(body)["runtime"]
+    assert "  model: onnxruntime " in _ok(d.cli("status"))
     check = d.cli("check", "--offline")
     assert "WARN  triage: live mode, but no site rule is active" in check.stdout
 

@@ -324,6 +324,7 @@ class StoreSCPProcess:
     ae_title: str = "STORESCP"
     port: int = field(default_factory=free_port)
     extra: tuple[str, ...] = ()
+    accept_all: bool = True  # every transfer syntax (+xa); else storescp's default, uncompressed only
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -336,7 +337,16 @@ class StoreSCPProcess:
         self.received_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "storescp.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.received_dir), *self.extra, str(self.port)],
+            [
+                "storescp",
+                "-aet",
+                self.ae_title,
+                *(["+xa"] if self.accept_all else []),
+                "-od",
+                str(self.received_dir),
+                *self.extra,
+                str(self.port),
+            ],
             stdout=log,
             stderr=log,
         )

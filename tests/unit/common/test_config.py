@@ -58,7 +58,7 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
             '[destinations.tls]\nenabled = true\nca_file = "ca.crt"\ncert_file = "c.crt"\n',
             "destinations.0.tls",
         ),
-        ("worker_threads = 0\n", "worker_threads"),
+        ("worker_threads = -1\n", "worker_threads"),
     ],
 )
 def test_invalid_value_names_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -133,3 +133,13 @@ def test_destinations_are_dimse_or_dicomweb_and_say_what_is_missing() -> None:
     ):
         with pytest.raises(ValidationError, match=message):
             Destination(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cores", "configured", "threads"), [(2, 0, 1), (1, 0, 1), (8, 0, 7), (8, 3, 3), (2, 2, 2)])
+def test_model_threads_leave_the_helper_a_core_unless_set(
+    monkeypatch: pytest.MonkeyPatch, cores: int, configured: int, threads: int
+) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert load_settings(None, worker_threads=configured).model_threads() == threads

@@ -95,7 +95,8 @@ def test_heatmap_sc_header() -> None:
     assert sc.BurnedInAnnotation == "YES"
     assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
     assert "NOT FOR DIAGNOSIS" in sc.DerivationDescription
-    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("YBR_FULL_422", 3, 8)
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
     (ref,) = sc.SourceImageSequence
     assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert ref.ReferencedSOPClassUID == source.SOPClassUID
@@ -105,8 +106,34 @@ def test_heatmap_sc_header() -> None:
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert sc.SOPInstanceUID == derived_uid(source.SOPInstanceUID, "0.1.0+demo", "sc")
     assert sc.SeriesInstanceUID == derived_uid(source.SOPInstanceUID, "0.1.0+demo", "sc-series")
-    assert sc.LossyImageCompression == "00"
+    assert sc.LossyImageCompression == "01" and sc.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(sc.LossyImageCompressionRatio) > 5
     assert max(sc.Rows, sc.Columns) <= 1024
+
+
+def test_uncompressed_heatmap_is_not_flagged_lossy() -> None:
+    source = vl_microscopic()
+    sc = build_heatmap_sc(source, pixels_of(source), make_result(), jpeg=False)
+    assert (sc.PhotometricInterpretation, sc.file_meta.TransferSyntaxUID) == ("RGB", "1.2.840.10008.1.2.1")
+    assert sc.LossyImageCompression == "00" and "LossyImageCompressionRatio" not in sc
+
+
+def test_jpeg_heatmap_is_the_picture_within_jpeg_error() -> None:
+    source = vl_microscopic()
+    plain = build_heatmap_sc(source, pixels_of(source), make_result(), jpeg=False).pixel_array.astype(int)
+    jpeg = build_heatmap_sc(source, pixels_of(source), make_result()).pixel_array.astype(int)
+    assert plain.shape == jpeg.shape
+    assert np.abs(plain - jpeg).mean() < 3
+
+
+def test_a_lossy_source_with_its_history_gets_our_step_appended() -> None:
+    source = minimal_sc(jpeg=True)
+    source.LossyImageCompression = "01"
+    source.LossyImageCompressionRatio = "12.5"
+    source.LossyImageCompressionMethod = "ISO_10918_1"
+    sc = build_heatmap_sc(source, pixels_of(source), make_result())
+    assert list(sc.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_10918_1"]
+    assert float(sc.LossyImageCompressionRatio[0]) == 12.5 and float(sc.LossyImageCompressionRatio[1]) > 5
 
 
 def test_heatmap_pixels_differ_where_cam_is_high() -> None:
