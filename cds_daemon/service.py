@@ -97,6 +97,7 @@ class Service:
         self.store, self.spool = open_storage(settings)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.worker: Worker | None = None
+        self.runtime: str | None = None  # how the model runs here (runtime, threads, cores): status and health
         self.egress: Egress | None = None
         self.listener: Listener | None = None
         self.health: HealthServer | None = None
@@ -140,15 +141,21 @@ class Service:
             from cds_daemon.analysis.engine import Engine
             from cds_daemon.analysis.worker import Worker
 
+            threads = s.model_threads()
             try:
-                engine = Engine(s.model_bundle, threads=s.model_threads(), chunk=s.backbone_chunk)
+                engine = Engine(s.model_bundle, threads=threads, chunk=s.backbone_chunk)
             except (BundleError, OSError) as exc:
                 raise StartupError(f"model bundle {s.model_bundle}: {exc}") from exc
+            chosen = "set" if s.worker_threads else "chosen"
+            self.runtime = (
+                f"onnxruntime {package_version('onnxruntime')}: {threads} model thread(s) ({chosen}), "
+                f"helper process on another core, {usable_cores()} usable core(s)"
+            )
             log.info(
                 "model_loaded",
                 name=engine.manifest.name,
                 version=engine.manifest.version,
-                runtime=self.runtime(),
+                runtime=self.runtime,
                 detail="model threads: worker_threads, or (0) the usable cores less one for the helper process",
             )
             self.worker = Worker(s, self.store, engine, on_reported=self.wake_egress, on_heartbeat=self.watchdog)
@@ -246,23 +253,12 @@ class Service:
                 os.getpid(),
                 f"{software_version()} (schema {self.store.schema_version})",
                 self._started,
-                self.runtime(),
+                self.runtime,
             )
             if self.worker is not None:
                 self.worker.renew_claims()
         except StoreUnavailable:
             log.warning("store_unavailable", stage="heartbeat")
-
-    def runtime(self) -> str | None:
-        """How the model runs on this node, as ``status`` and health show it: runtime, threads, cores."""
-        if self.settings.model_bundle is None:
-            return None
-        threads = self.settings.model_threads()
-        chosen = "set" if self.settings.worker_threads else "chosen"
-        return (
-            f"onnxruntime {package_version('onnxruntime')}: {threads} model thread(s) ({chosen}), "
-            f"helper process on another core, {usable_cores()} usable core(s)"
-        )
 
     def triage_info(self) -> dict[str, Any]:
         """What may be finalised now, and why (health's JSON, the metric); a store that is down says so."""
@@ -270,7 +266,6 @@ class Service:
 
         if self.worker is None:
             return {"triage": {"configured": str(self.settings.triage.mode), "mode": None, "why": "no model"}}
-        runtime = {"runtime": self.runtime()}
         policy = resolve(self.settings, self.worker.engine.rules, self.store)
         TRIAGE_FINALISING.clear()
         TRIAGE_FINALISING.labels(configured=policy.configured, mode=policy.mode).set(int(policy.finalises))
@@ -281,7 +276,7 @@ class Service:
                 "rule_id": policy.rule_id,
                 "why": policy.why,
             },
-            **runtime,
+            "runtime": self.runtime,
         }
 
     def monitor(self) -> Monitoring:

@@ -25,8 +25,7 @@ from cds_daemon.reports.source import (
     now,
     series_description,
 )
-from cds_daemon.reports.sr import dated
-from cds_daemon.reports.template import Case, Templates
+from cds_daemon.reports.template import Case, Templates, dated
 from cds_daemon.reports.uids import derived_uid
 
 

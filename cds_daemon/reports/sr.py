@@ -16,7 +16,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as std
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, DT, TM
+from pydicom.valuerep import DT
 
 from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind, ReviewDecision
 from cds_daemon.reports import codes
@@ -31,7 +31,7 @@ from cds_daemon.reports.source import (
     now,
     series_description,
 )
-from cds_daemon.reports.template import Case, Templates
+from cds_daemon.reports.template import Case, Templates, dated
 from cds_daemon.reports.uids import derived_uid
 
 _PN_COMPONENT_MAX = 64
@@ -173,16 +173,6 @@ def build_ai_sr(
     key = ("ai-sr", result.model_sha256, result.model_version, manufacturer, device_uid or "", header.SOPClassUID)
     case = Case(header, report[0], [header], {**fields, **dated(created)})
     return templates.make(key, case, build)
-
-
-def dated(created: datetime.datetime) -> dict[str, Any]:
-    """Content and series date and time of a document made at ``created``, as highdicom sets them."""
-    return {
-        "ContentDate": DA(created.date()),
-        "ContentTime": TM(created.time()),
-        "SeriesDate": DA(created.date()),
-        "SeriesTime": TM(created.time()),
-    }
 
 
 def preliminary_sr(

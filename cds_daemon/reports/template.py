@@ -52,6 +52,16 @@ class Case:
     fields: dict[str, Any]  # top-level attributes of this case (UIDs, dates, description, character set)
 
 
+def dated(created: datetime.datetime) -> dict[str, Any]:
+    """Content and series date and time of a document made at ``created``, as highdicom sets them."""
+    return {
+        "ContentDate": DA(created.date()),
+        "ContentTime": TM(created.time()),
+        "SeriesDate": DA(created.date()),
+        "SeriesTime": TM(created.time()),
+    }
+
+
 @functools.cache
 def patient_study_keywords(sop_class_uid: str) -> tuple[str, ...]:
     """The root attributes of the Patient and Study modules of a source IOD: what highdicom's
@@ -100,7 +110,8 @@ def instantiate(template: Dataset, case: Case) -> Dataset:
     and the template must not change with the documents made from it.
     """
     header = case.header
-    per_case = set(patient_study_keywords(str(header.SOPClassUID))) | set(case.fields) | set(CREATION)
+    from_header = patient_study_keywords(str(header.SOPClassUID))
+    per_case = set(from_header) | set(case.fields) | set(CREATION)
     per_case.add("CurrentRequestedProcedureEvidenceSequence")
     replaced = {elem.tag for elem in case.content}
     ds = Dataset()
@@ -109,7 +120,7 @@ def instantiate(template: Dataset, case: Case) -> Dataset:
     for elem in template:
         if elem.keyword not in per_case and elem.tag not in replaced:
             ds.add(copy.copy(elem))
-    for keyword in patient_study_keywords(str(header.SOPClassUID)):
+    for keyword in from_header:
         if keyword in header:
             ds.add(header[keyword])
     for elem in case.content:

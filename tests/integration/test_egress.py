@@ -63,6 +63,16 @@ def _queue_outputs(store: Store, tmp_path: Path, n: int, destinations: list[str]
     return object_uids
 
 
+def _egress(store: Store, port: int, settings: EgressSettings | None = None, name: str = "pacs") -> Egress:
+    ae = "ORTHANC" if name == "pacs" else "NOBODY"
+    return Egress(
+        store,
+        [Destination(name=name, ae_title=ae, host="127.0.0.1", port=port)],
+        settings or EgressSettings(),
+        calling_ae="THYROID_CDS",
+    )
+
+
 def _stored_uids(orthanc: OrthancProcess) -> set[str]:
     return {orthanc.tags(i)["SOPInstanceUID"] for i in orthanc.instances()}
 
@@ -70,12 +80,7 @@ def _stored_uids(orthanc: OrthancProcess) -> set[str]:
 def test_delivers_and_completes_instances(tmp_path: Path, orthanc: OrthancProcess) -> None:
     store = Store(tmp_path / "db.sqlite3")
     uids = _queue_outputs(store, tmp_path, 3, ["pacs"])
-    egress = Egress(
-        store,
-        [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=orthanc.dicom_port)],
-        EgressSettings(),
-        calling_ae="THYROID_CDS",
-    )
+    egress = _egress(store, orthanc.dicom_port)
     assert egress.run_once() == 3
     assert set(uids) <= _stored_uids(orthanc)
     assert store.counts_by_state()["delivered"] == 3
@@ -100,13 +105,7 @@ def test_jpeg_heatmap_reaches_a_peer_that_takes_only_uncompressed(tmp_path: Path
     sc.save_as(item.path, enforce_file_format=True)
     scp = StoreSCPProcess(workdir=tmp_path / "scp", ae_title="ORTHANC", accept_all=False).start()
     try:
-        egress = Egress(
-            store,
-            [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=scp.port)],
-            EgressSettings(),
-            calling_ae="THYROID_CDS",
-        )
-        assert egress.run_once() == 1
+        assert _egress(store, scp.port).run_once() == 1
         (received,) = [pydicom.dcmread(p) for p in scp.received_dir.iterdir()]
         assert received.SOPInstanceUID == object_uid
         assert not received.file_meta.TransferSyntaxUID.is_compressed
@@ -121,12 +120,7 @@ def test_outage_then_recovery(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     uids = _queue_outputs(store, tmp_path, 2, ["pacs"])
     settings = EgressSettings(retry_base_s=0.2, retry_max_s=0.5, max_attempts=50, timeout_s=3)
-    egress = Egress(
-        store,
-        [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)],
-        settings,
-        calling_ae="THYROID_CDS",
-    )
+    egress = _egress(store, pacs.dicom_port, settings)
     assert egress.run_once() == 0  # PACS down
     items = store.due_outbox(now="9999")
     assert len(items) == 2 and all(i.attempts == 1 and i.last_error for i in items)
@@ -146,12 +140,7 @@ def test_dead_letter_after_budget(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     _queue_outputs(store, tmp_path, 1, ["gone"])
     settings = EgressSettings(retry_base_s=0.01, retry_max_s=0.01, max_attempts=3, timeout_s=2)
-    egress = Egress(
-        store,
-        [Destination(name="gone", ae_title="NOBODY", host="127.0.0.1", port=free_port())],
-        settings,
-        calling_ae="THYROID_CDS",
-    )
+    egress = _egress(store, free_port(), settings, name="gone")
     for _ in range(3):
         egress.run_once()
         time.sleep(0.05)
