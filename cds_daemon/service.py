@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -115,6 +116,7 @@ class Service:
         limit_blas_threads()
         s = self.settings
         recover(self.store, self.spool, s.node_id, shared=s.storage.database_url is not None)
+        shutil.rmtree(s.worker_scratch, ignore_errors=True)  # repaired slide headers of a run that crashed
         self._heartbeat()
         self.scheduler.add_job(
             self._heartbeat, "interval", seconds=s.cluster.heartbeat_s, id="heartbeat", max_instances=1, coalesce=True
@@ -186,6 +188,7 @@ class Service:
             self.spool,
             on_received=self.worker.wake if self.worker else lambda: None,
             on_commitment_report=self.egress.commitment_report,
+            slide_quiet_s=s.slides.quiet_s,
         )
         try:
             self.listener.start()

@@ -12,6 +12,7 @@ command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+command -v OrthancWSIDicomizer >/dev/null || need_apt+=(orthanc-wsi)  # the demo PACS's slide viewer; test slides
 command -v curl >/dev/null || need_apt+=(curl)
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   command -v chromium >/dev/null || need_apt+=(chromium)

@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a new patient/study every K files (default: all files in one study)",
     )
 
+    p = sub.add_parser("make-slide", help="a synthetic smear as a DICOM whole-slide pyramid + truth.json")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--label", choices=CLASSES, required=True)
+    p.add_argument("--seed", type=_seed, required=True, metavar="S")
+    p.add_argument("--grid", type=_positive_int, nargs=2, default=(4, 6), metavar=("ROWS", "COLS"))
+    p.add_argument("--cells", type=int, default=6, help="fields of follicular cells (0: nothing to analyse)")
+    p.add_argument("--blood", type=int, default=3, help="patches of blood")
+    p.add_argument("--focal-planes", type=_positive_int, default=1, help="odd; the middle one is in focus")
+    p.add_argument("--difficulty", type=_unit_float, default=0.5, metavar="D")
+    p.add_argument("--native", action="store_true", help="uncompressed tiles (default: JPEG Baseline)")
+    p.add_argument("--no-pixel-spacing", action="store_true", help="leave Pixel Spacing out, as some writers do")
+
     p = sub.add_parser("make-corpus", help="broken-input corpus + corpus.json")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--seed", type=_seed, default=0, metavar="S")
@@ -120,6 +132,41 @@ def _make_dicom(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} {args.iod} files ({args.ts}) to {args.out_dir}")
 
 
+def _make_slide(args: argparse.Namespace) -> None:
+    import json
+
+    from .smear import make_smear
+    from .wsm import write_wsm
+
+    smear = make_smear(
+        args.label,
+        args.seed,
+        grid=tuple(args.grid),
+        cell_patches=args.cells,
+        blood_patches=args.blood,
+        difficulty=args.difficulty,
+        focal_planes=args.focal_planes,
+    )
+    written = write_wsm(
+        smear, args.out_dir, seed=args.seed, jpeg=not args.native, pixel_spacing=not args.no_pixel_spacing
+    )
+    truth = {
+        "label": smear.label,
+        "mpp": smear.mpp,
+        "focal_planes_um": [z * smear.plane_spacing_um for z in range(len(smear.planes))],
+        "sharpest_plane": smear.sharpest,
+        "patches": [vars(p) for p in smear.patches],
+        "study_instance_uid": written.study_uid,
+        "series_instance_uid": written.series_uid,
+        "frame_of_reference_uid": written.frame_of_reference_uid,
+        "container_identifier": written.container_identifier,
+        "files": [p.name for p in written.paths],
+    }
+    (args.out_dir / "truth.json").write_text(json.dumps(truth, indent=2))
+    rows, cols = smear.shape
+    print(f"wrote a {cols}x{rows} {smear.label} slide, {len(written.paths)} levels, to {args.out_dir} (truth.json)")
+
+
 def _make_corpus(args: argparse.Namespace) -> None:
     from .broken import MANIFEST, make_corpus
 
@@ -148,6 +195,7 @@ def _bench(args: argparse.Namespace) -> None:
 _COMMANDS = {
     "make-dataset": _make_dataset,
     "make-dicom": _make_dicom,
+    "make-slide": _make_slide,
     "make-corpus": _make_corpus,
     "contact-sheet": _contact_sheet,
     "bench": _bench,

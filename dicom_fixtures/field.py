@@ -226,3 +226,18 @@ def render_field(
     _stamp_blood(sharp[1], slide.blood, rng, level)
     od = to_od(sharp, np.stack([pal.nucleus, pal.rbc]))
     return develop(od, light, rng, noise_sigma=rng.uniform(1.0, 3.5), exposure=exposure)
+
+
+def render_blood(slide: Slide, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A bloody patch of a smear: serum haze and red cells, no follicular cells (never informative)."""
+    h, w = size
+    half = ((h + 1) // 2, (w + 1) // 2)
+    pal = slide.palette
+    haze = rng.uniform(0.3, 0.9) * (1.0 + 0.4 * noise_crop(rng, half, cell=80))
+    low = to_od(haze[None].astype(np.float32), pal.haze[None])
+    low += -np.log(pal.white / 255.0)[:, None, None]
+    light = smooth_layer(low, size)
+    sharp = np.zeros((1, h, w), np.float32)
+    _stamp_blood(sharp[0], 1.0, rng, focus_level(slide.blur))
+    od = to_od(sharp, pal.rbc[None])
+    return develop(od, light, rng, noise_sigma=rng.uniform(1.0, 3.0))

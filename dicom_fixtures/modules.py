@@ -21,7 +21,9 @@ SOFTWARE_VERSION = "0.1.0"
 THYROID = Code("69748006", "SCT", "Thyroid structure")
 FNA_PROCEDURE = Code("15719007", "SCT", "Fine needle aspiration biopsy")
 SLIDE = Code("433466003", "SCT", "Microscope slide")
-PIXEL_SPACING_MM = 0.00030  # ~0.3 µm per pixel at 40x
+#: Micrometres per pixel of every synthetic field (40x): camera images and whole slides alike.
+FIELD_MPP = 0.25
+PIXEL_SPACING_MM = FIELD_MPP / 1000
 
 
 @dataclass(frozen=True)

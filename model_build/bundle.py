@@ -3,7 +3,8 @@
 manifest.json (format ``thyroideffi-bundle/1``):
   format, name, version, created (UTC ISO-8601)
   classes [benign, indeterminate, malignant], display_names (same order)
-  preprocessing {input_size, grid [rows, cols], views, mean, std, resize "bilinear", normalisation}
+  preprocessing {input_size, grid [rows, cols], views, mean, std, resize "bilinear", normalisation,
+                 mpp (micrometres per pixel of the training fields: whole slides are read at it)}
   files {backbone, aggregator, cam_weights, ood_stats} -> file names
   io {backbone {input, outputs [logits, pooled, feature_map], feature_map [h, w]},
       aggregator {input, output, tokens [1, views, D]}, feature_dim}
@@ -37,6 +38,7 @@ from cds_daemon.common.manifest import (
     MANIFEST_NAME,
     sha256_file,
 )
+from dicom_fixtures.modules import FIELD_MPP
 from model_build.decision import Calibration
 
 FILES = {
@@ -81,6 +83,7 @@ def build_manifest(
             "std": list(IMAGENET_STD),
             "resize": RESIZE,
             "normalisation": "(pixel / 255 - mean) / std per RGB channel",
+            "mpp": FIELD_MPP,
         },
         "files": dict(FILES),
         "io": {

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from cds_daemon.analysis.decode import decode
 from cds_daemon.analysis.pipeline import build_objects, prepare
 from cds_daemon.analysis.quality import QualityResult
+from cds_daemon.analysis.slide_result import PreparedSlide, SlideReportJob, build_slide_objects, prepare_slide
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import configure_logging, get_logger
 from cds_daemon.ops.metrics import HELPER_RESTARTS
@@ -95,6 +97,29 @@ def _prepare(uid: str, path: str) -> PreparedPixels:
     while len(kept) > _KEEP:
         kept.pop(next(iter(kept)))
     return PreparedPixels(prepared.rgb, prepared.quality, prepared.ms)
+
+
+def _prepare_slide(uid: str, levels: list[tuple[str, str]], mpp: float | None) -> PreparedSlide:
+    """Read a slide and choose its fields; the fields' pixels stay here for its report too."""
+    prepared = prepare_slide([(u, Path(p)) for u, p in levels], _STATE["settings"], mpp)
+    kept: dict[str, Any] = _STATE["images"]
+    kept[uid] = [f.field.rgb for f in prepared.fields]
+    while len(kept) > _KEEP:
+        kept.pop(next(iter(kept)))
+    return prepared
+
+
+def _report_slide(uid: str, levels: list[tuple[str, str]], job: SlideReportJob, mpp: float | None) -> ReportOutputs:
+    """Build and durably write a slide's objects (its fields are read again if this child did not keep them)."""
+    t0 = time.perf_counter()
+    pixels = _STATE["images"].pop(uid, None)
+    if pixels is None:
+        pixels = [f.field.rgb for f in prepare_slide([(u, Path(p)) for u, p in levels], _STATE["settings"], mpp).fields]
+    headers = {u: pydicom.dcmread(p, stop_before_pixels=True) for u, p in levels}
+    objects = build_slide_objects(
+        headers[uid], list(headers.values()), job, pixels, heatmap_jpeg=_STATE["settings"].reports.heatmap_jpeg
+    )
+    return ReportOutputs(write_objects(_STATE["results"], objects), (time.perf_counter() - t0) * 1000)
 
 
 def _report(uid: str, path: str, result: AIResult) -> ReportOutputs:
@@ -173,12 +198,22 @@ class Offload:
     def report(self, uid: str, path: str, result: AIResult) -> Future[ReportOutputs]:
         return self._submit(_report, uid, path, result)
 
+    def prepare_slide(self, uid: str, levels: list[tuple[str, str]], mpp: float | None) -> Future[PreparedSlide]:
+        return self._submit(_prepare_slide, uid, levels, mpp)
+
+    def report_slide(
+        self, uid: str, levels: list[tuple[str, str]], job: SlideReportJob, mpp: float | None
+    ) -> Future[ReportOutputs]:
+        return self._submit(_report_slide, uid, levels, job, mpp)
+
     def retry_alone(self, fn_name: str, *args: Any) -> Any:
         """Run a job that died with its child once more, in a live child, one retry at a time.
 
         A second ``BrokenProcessPool`` is raised: that job is the one killing the child.
         """
-        fn = {"prepare": _prepare, "report": _report}[fn_name]
+        fn = {"prepare": _prepare, "report": _report, "prepare_slide": _prepare_slide, "report_slide": _report_slide}[
+            fn_name
+        ]
         with self._retry_lock:
             self.restart_if_broken()
             return self._submit(fn, *args).result()

@@ -23,7 +23,7 @@ class QualityResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _laplacian_var(gray: np.ndarray) -> float:
+def laplacian_variance(gray: np.ndarray) -> float:
     g = gray.astype(np.float32)
     lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
     return float(lap.var())
@@ -46,7 +46,7 @@ def assess(rgb: np.ndarray, *, was_colour: bool, settings: QualitySettings) -> Q
     brightness = float(gray.mean())
     clipped_hi = float((gray >= 250).mean())
     clipped_lo = float((gray <= 5).mean())
-    sharpness = _laplacian_var(gray)
+    sharpness = laplacian_variance(gray)
     tissue = float(((saturation > settings.tissue_saturation) & (gray < 235)).mean())
     colourfulness = float(saturation.mean())
     metrics = {

@@ -29,6 +29,14 @@ from cds_daemon.analysis.pipeline import (
     not_analysed_result,
 )
 from cds_daemon.analysis.policy import resolve
+from cds_daemon.analysis.slide_result import (
+    PreparedSlide,
+    SlideInferred,
+    SlideReportJob,
+    infer_slide,
+    report_job,
+    slide_record,
+)
 from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
@@ -50,14 +58,25 @@ class OffloadCrash(RuntimeError):
 
 
 @dataclass(frozen=True)
+class _Claimed:
+    """A claimed image (or whole slide: ``levels``, the slide's levels on disk) being decoded ahead."""
+
+    instance: Instance
+    started: float
+    prepared: Future[Any]
+    levels: list[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True)
 class _InFlight:
     """A case between the model thread and the recorder: its reports are being built."""
 
     instance: Instance
     started: float
     prepare_ms: float
-    inferred: Inferred
+    inferred: Inferred | None
     reports: Future[ReportOutputs]
+    slide: tuple[PreparedSlide, SlideInferred, SlideReportJob] | None = None
 
 
 class Worker:
@@ -92,6 +111,8 @@ class Worker:
         self._in_flight: set[str] = set()  # claimed, not yet recorded: the leases the heartbeat renews
         self._in_flight_lock = threading.Lock()
         self._paused_until = 0.0
+        self._slide_levels: dict[str, list[tuple[str, str]]] = {}  # a claimed slide's levels, by representative
+        self._mpp = engine.bundle.manifest.mpp
 
     def start(self) -> None:
         self.offload = Offload(self.settings)
@@ -116,11 +137,12 @@ class Worker:
     def wake(self) -> None:
         self.wake_event.set()
 
-    def _claim_ahead(self, ahead: deque[tuple[Instance, float, Future[PreparedPixels]]]) -> None:
+    def _claim_ahead(self, ahead: deque[_Claimed]) -> None:
         assert self.offload is not None
         if time.monotonic() < self._paused_until:  # the results disk is full: nothing could be written
             return
-        while len(ahead) < LOOKAHEAD and not self._stop.is_set():
+        # A slide's fields are many images' worth of pixels: none is claimed ahead while one is in the queue.
+        while len(ahead) < LOOKAHEAD and not self._stop.is_set() and not any(c.levels for c in ahead):
             try:
                 instance = self.store.claim_next(
                     actor="worker", node=self.settings.node_id, lease_s=self.settings.cluster.lease_s
@@ -133,12 +155,19 @@ class Worker:
                 return
             with self._in_flight_lock:
                 self._in_flight.add(instance.sop_instance_uid)
-            ahead.append(
-                (instance, time.perf_counter(), self.offload.prepare(instance.sop_instance_uid, instance.spool_path))
-            )
+            uid = instance.sop_instance_uid
+            if instance.slide_key is None:
+                ahead.append(_Claimed(instance, time.perf_counter(), self.offload.prepare(uid, instance.spool_path)))
+                continue
+            levels = [
+                (p.sop_instance_uid, p.spool_path) for p in self.store.slide_parts(instance.slide_key) if p.on_disk
+            ]
+            self._slide_levels[uid] = levels
+            future = self.offload.prepare_slide(uid, levels, self._mpp)
+            ahead.append(_Claimed(instance, time.perf_counter(), future, levels))
 
     def _model_loop(self) -> None:
-        ahead: deque[tuple[Instance, float, Future[PreparedPixels]]] = deque()
+        ahead: deque[_Claimed] = deque()
         try:
             while not self._stop.is_set() or ahead:
                 self.last_heartbeat = time.monotonic()
@@ -148,9 +177,12 @@ class Worker:
                     self.wake_event.wait(0.5)
                     self.wake_event.clear()
                     continue
-                instance, started, prepared_future = ahead.popleft()
+                claimed = ahead.popleft()
                 self._claim_ahead(ahead)  # the helper decodes the next image while the model runs this one
-                self._infer_one(instance, started, prepared_future)
+                if claimed.levels is None:
+                    self._infer_one(claimed.instance, claimed.started, claimed.prepared)
+                else:
+                    self._infer_slide(claimed)
         finally:
             self._finished.put(None)
 
@@ -184,10 +216,36 @@ class Worker:
             return
         self._finished.put(_InFlight(instance, started, prepared.ms, inferred, report_future))
 
+    def _infer_slide(self, claimed: _Claimed) -> None:
+        """A whole slide: its fields through the same engine and rule, then the slide result (slide_result)."""
+        assert self.offload is not None and claimed.levels is not None
+        uid = claimed.instance.sop_instance_uid
+        try:
+            prepared: PreparedSlide = self._offloaded(claimed.prepared, "prepare_slide", uid, claimed.levels, self._mpp)
+            policy = resolve(self.settings, self.engine.rules, self.store)
+            inferred = infer_slide(prepared, self.engine, self.settings, policy)
+            job = report_job(prepared, inferred)
+            reports = self.offload.report_slide(uid, claimed.levels, job, self._mpp)
+        except CancelledError:
+            self._left_for_restart(uid)
+            self._done(uid)
+            return
+        except Exception as exc:  # one bad slide must never stop the worker
+            self._failed_with(uid, exc)
+            self._done(uid)
+            return
+        self._finished.put(
+            _InFlight(claimed.instance, claimed.started, prepared.ms, None, reports, (prepared, inferred, job))
+        )
+
     def _record_loop(self) -> None:
         while (item := self._finished.get()) is not None:
             uid = item.instance.sop_instance_uid
             try:
+                if item.slide is not None:
+                    self._record_slide(item)
+                    continue
+                assert item.inferred is not None
                 made: ReportOutputs = self._offloaded(
                     item.reports, "report", uid, item.instance.spool_path, item.inferred.result
                 )
@@ -210,6 +268,50 @@ class Worker:
     def _done(self, uid: str) -> None:
         with self._in_flight_lock:
             self._in_flight.discard(uid)
+        self._slide_levels.pop(uid, None)
+
+    def _parts(self, uid: str) -> tuple[str, ...]:
+        """The other levels of the slide ``uid`` carries (read when it was claimed); () for an image."""
+        return tuple(u for u, _ in self._slide_levels.get(uid, ()) if u != uid)
+
+    def _record_slide(self, item: _InFlight) -> None:
+        assert item.slide is not None
+        uid = item.instance.sop_instance_uid
+        prepared, inferred, job = item.slide
+        made: ReportOutputs = self._offloaded(
+            item.reports, "report_slide", uid, self._slide_levels[uid], job, self._mpp
+        )
+        timings = {
+            "prepare": round(prepared.ms, 1),
+            "model": round(inferred.ms, 1),
+            "reports": round(made.ms, 1),
+            "total": round((time.perf_counter() - item.started) * 1000, 1),
+        }
+        record = slide_record(prepared, inferred, {o.kind: o.object_uid for o in made.outputs}, timings)
+        self.store.record_result(
+            uid,
+            record,
+            made.outputs,
+            [d.name for d in self.settings.destinations],
+            actor="worker",
+            holder=self.settings.node_id,
+            case_due_at=self._case_due_at(),
+            parts=self._parts(uid),
+        )
+        PIPELINE_SECONDS.observe(timings["total"] / 1000)
+        log.info(
+            "slide_reported",
+            sop_instance_uid=uid,
+            levels=len(self._slide_levels[uid]),
+            fields=len(prepared.fields),
+            proposals=prepared.proposals,
+            predicted=inferred.result.predicted,
+            confidence=round(inferred.result.probability(inferred.result.predicted), 4),
+            reasons=list(inferred.result.reasons),
+            repairs=list(prepared.repairs),
+            ms=timings,
+        )
+        self.on_reported()
 
     def renew_claims(self) -> int:
         """Renew the leases on the images in flight (the service's heartbeat calls this)."""
@@ -316,6 +418,7 @@ class Worker:
                 actor="worker",
                 holder=self.settings.node_id,
                 case_due_at=self._case_due_at(),
+                parts=self._parts(uid),
             )
         except LostClaim:
             self._claim_lost(uid)

@@ -140,6 +140,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "nodes": [n | {"claims": claims.get(n["node_id"], {})} for n in store.nodes()],
             "schema_version": store.schema_version,
             "instances": store.counts_by_state(),
+            "slides_waiting": store.slides_waiting(),
             "rejections": store.rejection_counts(),
             "recent_rejections": store.recent_rejections(),
             "outbox": store.outbox_counts(),
@@ -175,6 +176,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print("instances:")
         for state, n in report["instances"].items():
             print(f"  {state:<11} {n}")
+        if report["slides_waiting"]:
+            print(f"  slides in their quiet period (levels still arriving): {report['slides_waiting']}")
         print("rejections:" + ("" if report["rejections"] else " none"))
         for key, n in sorted(report["rejections"].items()):
             print(f"  {n:>6}  {key}")

@@ -31,7 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from cds_daemon.common.vocabulary import TriageMode
+from cds_daemon.common.vocabulary import WHOLE_SLIDE_SOP_CLASS, TriageMode
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _config_file: ContextVar[Path | None] = ContextVar("cds_config_file", default=None)
@@ -145,6 +145,13 @@ class ListenerSettings(_Section):
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
     max_image_pixels: int = Field(64_000_000, ge=1, description="rows x columns x frames above this: 0xA900")
+    max_dataset_mb_by_sop_class: dict[str, int] = Field(
+        default_factory=lambda: {WHOLE_SLIDE_SOP_CLASS: 8192},
+        description="max_dataset_mb for these SOP classes (a whole-slide level is received to disk, never held)",
+    )
+    max_slide_pixels: int = Field(
+        20_000_000_000, ge=1, description="a whole-slide level's total pixel matrix x focal planes above this: 0xA900"
+    )
     stop_grace_s: float = Field(20.0, ge=0, description="on SIGTERM, wait this long for open associations")
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
@@ -153,6 +160,17 @@ class ListenerSettings(_Section):
     def _address(cls, v: str) -> str:
         ipaddress.ip_address(v)
         return v
+
+    @field_validator("max_dataset_mb_by_sop_class")
+    @classmethod
+    def _limits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, mb in v.items() if mb < 1 or not k.replace(".", "").isdigit()]
+        if bad:
+            raise ValueError(f"max_dataset_mb_by_sop_class: a SOP class UID and a size >= 1 MiB, not {bad}")
+        return v
+
+    def max_dataset_mb_for(self, sop_class_uid: str) -> int:
+        return self.max_dataset_mb_by_sop_class.get(sop_class_uid, self.max_dataset_mb)
 
 
 class Destination(_Section):
@@ -398,6 +416,11 @@ class StorageSettings(_Section):
         return self.data_dir / "results"
 
     @property
+    def work_dir(self) -> Path:
+        """Scratch space of the worker (a slide's repaired headers while it is read); emptied at start."""
+        return self.data_dir / "work"
+
+    @property
     def database(self) -> Path | str:
         """What the store opens: the PostgreSQL URL, else the SQLite file in ``data_dir``."""
         return self.database_url or self.data_dir / "cds.sqlite3"
@@ -408,6 +431,21 @@ class StorageSettings(_Section):
         if v is not None and not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
         return v or None
+
+
+class SlideSettings(_Section):
+    """Whole-slide images (VL Whole Slide Microscopy): when a slide is analysed, and how many fields."""
+
+    quiet_s: float = Field(
+        120.0, gt=0, description="analyse a slide once none of its instances has arrived for this long"
+    )
+    max_fields: int = Field(24, ge=1, le=200, description="informative fields analysed per slide, at most")
+    min_cellularity: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="a proposed field needs at least this share of its area stained by nuclei to count",
+    )
 
 
 class ClusterSettings(_Section):
@@ -448,6 +486,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    slides: SlideSettings = Field(default_factory=SlideSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(
         0,
@@ -469,6 +508,11 @@ class Settings(BaseSettings):
     def node_id(self) -> str:
         """This node's name in a shared store: ``cluster.node_id``, else host name and DICOM port."""
         return self.cluster.node_id or f"{socket.gethostname()}:{self.listener.port}"
+
+    @property
+    def worker_scratch(self) -> Path:
+        """This node's scratch directory (a slide's repaired level headers while it is read)."""
+        return self.storage.work_dir / (self.spool_node or "local")
 
     @property
     def spool_node(self) -> str | None:

@@ -68,6 +68,7 @@ class Manifest:
     mahalanobis_threshold: float
     energy_threshold: float
     raw: dict[str, Any]
+    mpp: float | None = None  # micrometres per pixel of the training fields (preprocessing.mpp): slides are read at it
 
     @property
     def stain_threshold(self) -> float | None:
@@ -169,6 +170,9 @@ def parse_manifest(raw: Any) -> Manifest:
     if not 0 < alpha < 1:
         raise BundleError(f"{MANIFEST_NAME}: field conformal.alpha must lie in (0, 1)")
     thr = _get(raw, "thresholds", "")
+    mpp = pre.get("mpp") if isinstance(pre, dict) else None
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, int | float) or not 0 < mpp < 100):
+        raise BundleError(f"{MANIFEST_NAME}: field preprocessing.mpp must be micrometres per pixel in (0, 100)")
     return Manifest(
         name=_str(raw, "name", ""),
         version=_str(raw, "version", ""),
@@ -194,6 +198,7 @@ def parse_manifest(raw: Any) -> Manifest:
         mahalanobis_threshold=_num(thr, "mahalanobis", "thresholds."),
         energy_threshold=_num(thr, "energy", "thresholds."),
         raw=raw,
+        mpp=None if mpp is None else float(mpp),
     )
 
 

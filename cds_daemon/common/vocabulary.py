@@ -52,6 +52,8 @@ class OutputKind(StrEnum):
     KOS = "kos"  # "For Physician Review" Key Object Selection
     REVIEW_SR = "review-sr"  # a reviewer's verified decision
     CASE_SR = "case-sr"  # the case-level AI result (a specimen's images), TID 1500 Comprehensive SR
+    ANNOTATIONS = "ann"  # a whole slide's analysed fields, Microscopy Bulk Simple Annotations
+    HEATMAP_MAP = "heatmap-map"  # a whole slide's Grad-CAM heatmap, Parametric Map in the slide's frame
 
 
 #: DICOM Series Number of each output kind's series in the source study.
@@ -61,6 +63,8 @@ SERIES_NUMBER: dict[OutputKind, int] = {
     OutputKind.KOS: 903,
     OutputKind.REVIEW_SR: 904,
     OutputKind.CASE_SR: 905,
+    OutputKind.ANNOTATIONS: 906,
+    OutputKind.HEATMAP_MAP: 907,
 }
 
 
@@ -105,6 +109,7 @@ class ReferralReason(StrEnum):
     QUALITY_BLUR = "quality_blur"
     NOT_ANALYSED = "not_analysed"  # decoding or report building failed: a person must look at the image
     SITE_VALIDATION = "site_validation"  # shadow mode: every case is reviewed until a site rule is certified
+    SLIDE_VALIDATION = "slide_validation"  # a whole slide: reviewed until a slide-level rule is certified
 
 
 class ReasonInfo(NamedTuple):
@@ -153,11 +158,16 @@ REASONS: dict[ReferralReason, ReasonInfo] = {
     ReferralReason.SITE_VALIDATION: ReasonInfo(
         9, "Site validation", "SITE-VALIDATION", "Site validation: every case is reviewed"
     ),
+    ReferralReason.SLIDE_VALIDATION: ReasonInfo(
+        8, "Whole slide", "SLIDE-REVIEW", "Whole slide: reviewed until a slide-level rule is certified"
+    ),
 }
 
 #: Reasons that only say the case was not finalised (below the threshold, or no rule in force): a field
 #: referred for these alone is a *candidate* for finalisation, the population a finalisation rule is fitted on.
-THRESHOLD_REASONS = frozenset({ReferralReason.LOW_CONFIDENCE, ReferralReason.SITE_VALIDATION})
+THRESHOLD_REASONS = frozenset(
+    {ReferralReason.LOW_CONFIDENCE, ReferralReason.SITE_VALIDATION, ReferralReason.SLIDE_VALIDATION}
+)
 
 
 class TriageMode(StrEnum):
@@ -203,6 +213,9 @@ class RefusalCode(StrEnum):
 #: Type 1 attributes every result object copies from its source: without them no SR, heatmap or KOS
 #: can be written into the source study, so a dataset lacking one is refused at C-STORE time.
 REQUIRED_SOURCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+#: VL Whole Slide Microscopy Image Storage: the one input kind that is a slide (a series of levels), not an image.
+WHOLE_SLIDE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
 def sql_values(values: Iterable[StrEnum]) -> str:

@@ -5,10 +5,10 @@ The checks read header attributes only; pixel data are never decoded on the C-ST
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     HTJ2K,
@@ -30,8 +30,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from cds_daemon.common.vocabulary import REQUIRED_SOURCE_UIDS, RefusalCode
+from cds_daemon.common.vocabulary import REQUIRED_SOURCE_UIDS, WHOLE_SLIDE_SOP_CLASS, RefusalCode
 from cds_daemon.ingest.codestream import CodestreamError, j2k_header, jpeg_header, rle_segments
+from cds_daemon.ingest.received import ReceivedFile
 from cds_daemon.store.spool import valid_uid
 
 NOT_MATCHING = 0xA900
@@ -43,6 +44,7 @@ ACCEPTED_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
     "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image",
+    WHOLE_SLIDE_SOP_CLASS: "VL Whole Slide Microscopy Image",
 }
 
 NATIVE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
@@ -104,6 +106,14 @@ class AcceptedHeader:
     accession_number: str | None
     specimen_identifier: str | None = None  # Specimen module: the case a cytopathologist signs out
     container_identifier: str | None = None  # the slide
+    frame_of_reference_uid: str | None = None
+
+    @property
+    def slide_key(self) -> str | None:
+        """The whole slide this level belongs to (its series and Frame of Reference); None for camera images."""
+        if self.sop_class_uid != WHOLE_SLIDE_SOP_CLASS:
+            return None
+        return f"{self.series_instance_uid}/{self.frame_of_reference_uid or '-'}"
 
 
 def _specimen_identifier(ds: Dataset) -> str | None:
@@ -133,27 +143,32 @@ def _check_uids(ds: Dataset, request_sop_instance: str | None) -> None:
         raise NotAcceptable(RefusalCode.INVALID_UID, "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
 
 
-def _frames(ds: Dataset, frames: int) -> list[bytes]:
+def _frames(received: ReceivedFile, frames: int) -> Iterator[bytes]:
+    """The encapsulated frames, read one at a time; exactly ``frames`` of them or a refusal."""
+    count = 0
     try:
-        found = list(generate_frames(ds.PixelData, number_of_frames=frames))
+        for frame in received.frames(frames):
+            count += 1
+            if count > frames:
+                break
+            yield frame
+    except NotAcceptable:
+        raise
     except Exception as exc:  # pydicom raises ValueError/TypeError/struct.error on broken encapsulation
         raise NotAcceptable(
             RefusalCode.CODESTREAM_UNREADABLE, f"encapsulated pixel data unreadable: {exc}", CANNOT_UNDERSTAND
         ) from exc
-    if len(found) != frames:
-        raise NotAcceptable(
-            RefusalCode.CODESTREAM_MISMATCH, f"{len(found)} compressed frames for NumberOfFrames {frames}"
-        )
-    return found
+    if count != frames:
+        raise NotAcceptable(RefusalCode.CODESTREAM_MISMATCH, f"{count} compressed frames for NumberOfFrames {frames}")
 
 
 def _check_codestreams(
-    ds: Dataset, transfer_syntax: str, rows: int, cols: int, samples: int, bits: int, frames: int
+    received: ReceivedFile, transfer_syntax: str, rows: int, cols: int, samples: int, bits: int, frames: int
 ) -> None:
     """Each frame's codestream header parses and agrees with Rows, Columns, samples and bits."""
     if transfer_syntax not in _JPEG_FAMILY and transfer_syntax not in _J2K_FAMILY and transfer_syntax != RLELossless:
         return
-    for number, frame in enumerate(_frames(ds, frames), start=1):
+    for number, frame in enumerate(_frames(received, frames), start=1):
         try:
             if transfer_syntax == RLELossless:
                 segments = rle_segments(frame)
@@ -174,15 +189,44 @@ def _check_codestreams(
             )
 
 
+def _check_slide_level(ds: Dataset, max_slide_pixels: int) -> None:
+    """A whole-slide level: its tile grid and Total Pixel Matrix make sense (the reader relies on them)."""
+    total_cols, total_rows = _int(ds, "TotalPixelMatrixColumns"), _int(ds, "TotalPixelMatrixRows")
+    if min(total_cols, total_rows) < 1:
+        raise NotAcceptable(RefusalCode.BAD_IMAGE_ATTRIBUTES, "TotalPixelMatrixColumns and Rows must be >= 1")
+    planes = _int(ds, "TotalPixelMatrixFocalPlanes", 1)
+    if total_cols * total_rows * max(planes, 1) > max_slide_pixels:
+        raise NotAcceptable(
+            RefusalCode.IMAGE_TOO_LARGE,
+            f"slide level too large: {total_cols}x{total_rows}x{planes} exceeds {max_slide_pixels} pixels",
+        )
+    organisation = str(ds.get("DimensionOrganizationType", "") or "")
+    if organisation == "TILED_FULL":
+        tiles = -(-total_cols // _int(ds, "Columns")) * -(-total_rows // _int(ds, "Rows"))
+        paths = _int(ds, "NumberOfOpticalPaths", 1)
+        expected = tiles * max(planes, 1) * max(paths, 1)
+        if _int(ds, "NumberOfFrames", 1) != expected and not ds.get("SOPInstanceUIDOfConcatenationSource"):
+            raise NotAcceptable(
+                RefusalCode.BAD_IMAGE_ATTRIBUTES,
+                f"TILED_FULL with {_int(ds, 'NumberOfFrames', 1)} frames; its tile grid needs {expected}",
+            )
+
+
 def check_dataset(
-    ds: Dataset,
+    received: ReceivedFile,
     *,
     context_sop_class: str,
     request_sop_instance: str | None,
     transfer_syntax: str,
     max_image_pixels: int,
+    max_slide_pixels: int,
 ) -> AcceptedHeader:
-    """Validate what a C-STORE brought; raise :class:`NotAcceptable` with the code and reason."""
+    """Validate what a C-STORE brought; raise :class:`NotAcceptable` with the code and reason.
+
+    Whole-slide levels are checked against ``max_slide_pixels`` (their Total Pixel Matrix) instead of
+    ``max_image_pixels``: they are never decoded whole.
+    """
+    ds = received.header
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in ACCEPTED_SOP_CLASSES:
         raise NotAcceptable(RefusalCode.SOP_CLASS_NOT_ACCEPTED, f"SOP class {sop_class or '(none)'} is not accepted")
@@ -191,7 +235,7 @@ def check_dataset(
             RefusalCode.SOP_CLASS_MISMATCH, f"SOPClassUID {sop_class} does not match the presentation context"
         )
     _check_uids(ds, request_sop_instance)
-    if "PixelData" not in ds:
+    if not received.has_pixels:
         raise NotAcceptable(RefusalCode.NO_PIXEL_DATA, "no pixel data")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     samples, bits = _int(ds, "SamplesPerPixel"), _int(ds, "BitsAllocated")
@@ -212,13 +256,19 @@ def check_dataset(
         )
     if bits not in (8, 16):
         raise NotAcceptable(RefusalCode.UNSUPPORTED_BITS, f"BitsAllocated {bits} is not supported")
-    if rows * cols * frames > max_image_pixels:
+    if sop_class == WHOLE_SLIDE_SOP_CLASS:
+        _check_slide_level(ds, max_slide_pixels)
+    elif rows * cols * frames > max_image_pixels:
         raise NotAcceptable(
             RefusalCode.IMAGE_TOO_LARGE, f"image too large: {cols}x{rows}x{frames} exceeds {max_image_pixels} pixels"
         )
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
         expected = get_expected_length(ds, "bytes")  # YBR_FULL_422 native: 2 samples per pixel
-        got = len(ds.PixelData)
+        got, present = received.native_length()
+        if present < got:
+            raise NotAcceptable(
+                RefusalCode.PIXEL_DATA_SHORT, f"pixel data cut short ({present} of the declared {got} bytes)"
+            )
         if got < expected:
             raise NotAcceptable(
                 RefusalCode.PIXEL_DATA_SHORT, f"pixel data shorter than the header says ({got} < {expected} bytes)"
@@ -228,7 +278,7 @@ def check_dataset(
                 RefusalCode.PIXEL_DATA_LONG, f"pixel data longer than the header says ({got} > {expected} bytes)"
             )
     else:
-        _check_codestreams(ds, transfer_syntax, rows, cols, samples, bits, frames)
+        _check_codestreams(received, transfer_syntax, rows, cols, samples, bits, frames)
     return AcceptedHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=str(ds.SOPInstanceUID),
@@ -237,4 +287,5 @@ def check_dataset(
         accession_number=str(ds.get("AccessionNumber", "")) or None,
         specimen_identifier=_specimen_identifier(ds),
         container_identifier=str(ds.get("ContainerIdentifier", "") or "") or None,
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or "") or None,
     )

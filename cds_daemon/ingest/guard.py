@@ -9,7 +9,8 @@ and gives every connection two threads. So, when a TCP connection opens, before 
   one address (threads are counted where they start, not once an association is up);
 - no PDU may declare more than our negotiated maximum PDU length (the A-ASSOCIATE-RQ may use 64 KiB):
   a larger one closes the connection when its 6-byte header is read, its body never is;
-- the data received for one message may not exceed ``max_dataset_mb`` (the association is aborted);
+- the data received for one message may not exceed ``max_dataset_mb`` of its SOP class (the association
+  is aborted);
 - a read that waits more than ``network_timeout_s`` closes the connection: pynetdicom blocks in
   ``recv`` until a whole PDU has arrived, so without a socket timeout a peer that sends half a
   header and stops would hold two threads (and a connection slot) for ever.
@@ -49,7 +50,6 @@ class ConnectionGuard:
         self._received: dict[int, int] = {}  # connection key -> bytes of the message being received
         self._reported: dict[tuple[str, RefusalCode], float] = {}
         self.max_pdu = max(settings.max_pdu_size, ASSOCIATION_PDU_BYTES) + PDU_HEADER
-        self.max_message = settings.max_dataset_mb * 2**20
 
     def known_address(self, address: str) -> bool:
         return any(caller.permits(address) for caller in self.settings.allowed_callers)
@@ -99,15 +99,17 @@ class ConnectionGuard:
 
         assoc_socket.recv = guarded
 
-    def data_received(self, key: int, address: str, nbytes: int) -> bool:
-        """Count P-DATA of the message being received; False once it passes ``max_dataset_mb``."""
+    def data_received(self, key: int, address: str, nbytes: int, limit_mb: int | None = None) -> int | None:
+        """Count P-DATA of the message being received: the bytes so far, or None once past ``limit_mb``
+        (the message's SOP class limit; ``max_dataset_mb`` when not given)."""
+        limit_mb = self.settings.max_dataset_mb if limit_mb is None else limit_mb
         with self._lock:
             total = self._received.get(key, 0) + nbytes
             self._received[key] = total
-        if total <= self.max_message:
-            return True
-        self.refuse(address, RefusalCode.DATASET_TOO_LARGE, f"message over {self.settings.max_dataset_mb} MiB: aborted")
-        return False
+        if total <= limit_mb * 2**20:
+            return total
+        self.refuse(address, RefusalCode.DATASET_TOO_LARGE, f"message over {limit_mb} MiB: aborted")
+        return None
 
     def message_done(self, key: int) -> None:
         with self._lock:

@@ -15,8 +15,10 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -24,6 +26,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.config import ListenerSettings
 from cds_daemon.common.vocabulary import RefusalCode
 from cds_daemon.egress.commitment import STORAGE_COMMITMENT_PUSH
@@ -35,6 +38,13 @@ from cds_daemon.ingest.acceptance import (
     check_dataset,
 )
 from cds_daemon.ingest.guard import ConnectionGuard
+from cds_daemon.ingest.received import (
+    ReceivedFileError,
+    discard_unfinished,
+    open_received,
+    release_incoming_directory,
+    use_incoming_directory,
+)
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.ops.metrics import DUPLICATES, RECEIVED, REJECTED, STORE_SECONDS
 from cds_daemon.ops.tls import describe_tls_error, handshake, peer_subject_cn, server_context
@@ -44,6 +54,9 @@ from cds_daemon.store.spool import DiskFullError, Spool
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+#: While a message arrives, the spool's free space is checked each time this much more has come.
+FREE_SPACE_EVERY = 64 * 2**20
+P_DATA_TF = 0x04
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # a conformant UID; anything else may be free text, kept out of logs
 log = get_logger("ingest")
@@ -63,9 +76,18 @@ def inflated_size(deflated: bytes, limit: int) -> int:
 
 
 def _force_parse(ds: Dataset) -> None:
-    """Convert every raw element (nested sequences too) so garbage fails here, not later."""
+    """Convert every raw element (nested sequences too) so garbage fails here, not later (the header only:
+    the pixel data were never read)."""
     for _ in ds.iterall():
         pass
+
+
+def _deflated_body(path: Path) -> bytes:
+    """The deflated data set of a received file (after the File Meta group, which pynetdicom writes)."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    with open(path, "rb") as fh:
+        fh.seek(128 + 4 + 12 + int(meta.FileMetaInformationGroupLength))
+        return fh.read()
 
 
 class Listener:
@@ -78,8 +100,10 @@ class Listener:
         spool: Spool,
         on_received: Callable[[], None] = lambda: None,
         on_commitment_report: Callable[[int, Dataset], int] | None = None,
+        slide_quiet_s: float = 120.0,
     ) -> None:
         self.settings = settings
+        self.slide_quiet_s = slide_quiet_s
         self.on_received = on_received
         self.on_commitment_report = on_commitment_report
         self.store = store
@@ -122,6 +146,7 @@ class Listener:
     def start(self) -> None:
         with self._handshake_lock:
             self._stopping = False
+        use_incoming_directory(self.spool.incoming)
         handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
@@ -157,6 +182,7 @@ class Listener:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
         server.shutdown()
+        release_incoming_directory(self.spool.incoming)
         deadline = time.monotonic() + (self.settings.stop_grace_s if grace_s is None else grace_s)
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -209,12 +235,31 @@ class Listener:
         return peer_subject_cn(assoc_socket.socket if assoc_socket is not None else None)
 
     def _on_connection_closed(self, event: Event) -> None:
+        discard_unfinished(event.assoc)
         self.guard.release(id(event.assoc))
 
+    def _message_limit_mb(self, assoc: Any, pdu: bytes) -> int:
+        """The size limit of the message a P-DATA-TF belongs to, by its presentation context's SOP class."""
+        if len(pdu) > 10 and pdu[0] == P_DATA_TF:
+            context_id = pdu[10]
+            for context in assoc.accepted_contexts:
+                if context.context_id == context_id:
+                    return self.settings.max_dataset_mb_for(str(context.abstract_syntax))
+        return self.settings.max_dataset_mb
+
     def _on_data(self, event: Event) -> None:
-        """P-DATA received: a message past ``max_dataset_mb`` aborts the association before it grows more."""
-        if not self.guard.data_received(id(event.assoc), event.assoc.requestor.address, len(event.data)):
-            event.assoc.abort()
+        """P-DATA received: a message past its SOP class's ``max_dataset_mb``, or one that would fill the spool
+        past its reserve, aborts the association before it grows more (its partial file is removed)."""
+        assoc, data = event.assoc, event.data
+        address = assoc.requestor.address
+        total = self.guard.data_received(id(assoc), address, len(data), self._message_limit_mb(assoc, data))
+        if total is None:
+            assoc.abort()
+            return
+        if total // FREE_SPACE_EVERY != (total - len(data)) // FREE_SPACE_EVERY and not self.spool.has_room(0):
+            log.error("disk_full", stage="receive", calling_ae=assoc.requestor.ae_title, received_bytes=total)
+            self.guard.refuse(address, RefusalCode.OUT_OF_RESOURCES, "the spool is full: transfer aborted")
+            assoc.abort()
 
     def _connection_refused(self, peer: str, code: RefusalCode, reason: str) -> None:
         """Every refusal is counted; ``reason`` is empty when this (peer, code) was reported a moment ago."""
@@ -276,26 +321,28 @@ class Listener:
         context = event.context
         request = event.request
         claimed_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
+        path = Path(event.dataset_path)  # the data set as it arrived, on disk (received.use_incoming_directory)
         if context.transfer_syntax == DeflatedExplicitVRLittleEndian:
             limit = self.settings.max_dataset_mb * 2**20
-            if inflated_size(request.DataSet.getvalue(), limit) > limit:  # type: ignore[union-attr]
+            if inflated_size(_deflated_body(path), limit) > limit:
                 reason = f"deflated data set inflates past {self.settings.max_dataset_mb} MiB"
                 return self._refuse(
                     OUT_OF_RESOURCES, RefusalCode.DATASET_TOO_LARGE, reason, calling, peer, context, claimed_uid
                 )
         try:
-            ds = event.dataset
-            _force_parse(ds)
+            received = open_received(path)
+            _force_parse(received.header)
             header = check_dataset(
-                ds,
+                received,
                 context_sop_class=context.abstract_syntax,
                 request_sop_instance=claimed_uid,
                 transfer_syntax=context.transfer_syntax,
                 max_image_pixels=self.settings.max_image_pixels,
+                max_slide_pixels=self.settings.max_slide_pixels,
             )
         except NotAcceptable as exc:
             return self._refuse(exc.status, exc.code, str(exc), calling, peer, context, claimed_uid)
-        except Exception as exc:  # pydicom raises many types on malformed input
+        except (ReceivedFileError, Exception) as exc:  # pydicom raises many types on malformed input
             reason = f"unreadable dataset: {exc}"
             return self._refuse(
                 CANNOT_UNDERSTAND, RefusalCode.UNREADABLE_DATASET, reason, calling, peer, context, claimed_uid
@@ -306,9 +353,8 @@ class Listener:
             self.store.audit(calling, "received-duplicate", uid, peer=peer)
             self._log_received(started, calling, peer, context, uid, 0, duplicate=True)
             return SUCCESS
-        data = event.encoded_dataset(include_meta=True)
         try:
-            spooled = self.spool.write(uid, data)
+            spooled = self.spool.adopt(uid, path)
         except DiskFullError as exc:
             log.error("disk_full", reason=str(exc), calling_ae=calling, sop_instance_uid=uid)
             reason = f"out of resources: {exc}"
@@ -337,8 +383,10 @@ class Listener:
                     specimen_identifier=header.specimen_identifier,
                     container_identifier=header.container_identifier,
                 ),
+                slide_key=header.slide_key,
             ),
             actor=calling,
+            slide_due_at=None if header.slide_key is None else timestamp_in(self.slide_quiet_s),
         )
         self._log_received(started, calling, peer, context, uid, spooled.size, duplicate=False)
         self.on_received()

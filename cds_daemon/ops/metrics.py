@@ -91,6 +91,9 @@ class StoreCollector(Collector):
         for state, n in self.store.counts_by_state().items():
             states.add_metric([state], n)
         yield states
+        yield GaugeMetricFamily(
+            "cds_slides_waiting", "Whole slides in their quiet period", value=self.store.slides_waiting()
+        )
         outbox = GaugeMetricFamily("cds_outbox_objects", "Outbox objects by state", labels=["state"])
         for state, n in self.store.outbox_counts().items():
             outbox.add_metric([state], n)

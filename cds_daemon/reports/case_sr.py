@@ -15,6 +15,7 @@ previous one as predecessor: PRELIMINARY and UNVERIFIED like the image SRs, neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -50,13 +51,19 @@ class CaseMember:
     result: AIResult
 
 
-def case_category(members: list[CaseMember]) -> tuple[str | None, float | None]:
-    """(worst category, its case probability) over the analysed members; (None, None) if none was analysed."""
-    analysed = [m.result for m in members if m.result.analysed]
+def worst_category(results: Sequence[AIResult]) -> tuple[str | None, float | None]:
+    """The aggregation rule (the module's): (worst category, its probability) over the analysed results;
+    (None, None) if none was analysed. Cases aggregate their images by it, slides their fields."""
+    analysed = [r for r in results if r.analysed]
     if not analysed:
         return None, None
     worst = max((r.predicted for r in analysed), key=lambda c: SEVERITY.index(c) if c in SEVERITY else -1)
     return worst, max(r.probability(worst) for r in analysed if worst in r.classes)
+
+
+def case_category(members: list[CaseMember]) -> tuple[str | None, float | None]:
+    """(worst category, its case probability) over the analysed members; (None, None) if none was analysed."""
+    return worst_category([m.result for m in members])
 
 
 def _ai_sr_stub(member: CaseMember) -> Dataset:

@@ -212,6 +212,36 @@ def render_heatmap(pixels: np.ndarray, result: AIResult) -> np.ndarray:
     return np.asarray(canvas)
 
 
+#: Fields a slide's mosaic shows at most, and how many per row.
+MOSAIC_FIELDS, MOSAIC_COLUMNS = 6, 3
+_CAPTION = 24
+
+
+def render_mosaic(tiles: list[tuple[np.ndarray, np.ndarray, str]], result: AIResult) -> np.ndarray:
+    """A slide's top fields, each with its CAM blended over it and a caption, under the slide's header and over
+    its footer (the same as an image's heatmap); long side 1024. ``tiles``: (pixels, cam, caption)."""
+    if not tiles:
+        raise ValueError("a mosaic needs at least one field")
+    tiles = tiles[:MOSAIC_FIELDS]
+    columns = min(MOSAIC_COLUMNS, len(tiles))
+    rows = -(-len(tiles) // columns)
+    tile_w = MAX_SIDE // columns
+    tile_h = round(tile_w * 3 / 4)
+    _, _, header, footer = _layout(tile_h, tile_w)
+    width = tile_w * columns
+    canvas = Image.new("RGB", (width, header + rows * (tile_h + _CAPTION) + footer), _BG)
+    draw = ImageDraw.Draw(canvas)
+    for n, (pixels, cam, caption) in enumerate(tiles):
+        r, c = divmod(n, columns)
+        small = np.asarray(Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize((tile_w, tile_h)))
+        top = header + r * (tile_h + _CAPTION)
+        canvas.paste(Image.fromarray(render_overlay(small, cam), "RGB"), (c * tile_w, top))
+        draw.text((c * tile_w + 6, top + tile_h + 3), caption, font=_fitted(caption, 16, tile_w - 12), fill=_WHITE)
+    _draw_header(draw, width, header, result)
+    _draw_footer(canvas, header + rows * (tile_h + _CAPTION), width, footer, result)
+    return np.asarray(canvas)
+
+
 #: Lossy transfer syntaxes -> Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1).
 _LOSSY_SYNTAXES = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",
@@ -271,8 +301,27 @@ def build_heatmap_sc(
     uncompressed picture (2.8 MB) to write, fsync and send; a destination that does not accept it gets it
     decompressed (``egress.sender``). The picture is a rendering, not a diagnostic image, and says so.
     """
-    header = evidence_of(source)
     picture = render_heatmap(np.ascontiguousarray(source_pixels), result)
+    derivation = (
+        f"Class activation map of {result.model_label} for class '{result.predicted}' "
+        f"(p={result.probability(result.predicted):.3f}), bilinear upsampled, viridis colour map "
+        f"at {round(ALPHA * 100)}% opacity over the source image; legend and notice burned in. "
+        f"{NOT_FOR_DIAGNOSIS}."
+    )
+    return heatmap_picture_sc(source, picture, result, derivation, manufacturer=manufacturer, jpeg=jpeg)
+
+
+def heatmap_picture_sc(
+    source: Dataset,
+    picture: np.ndarray,
+    result: AIResult,
+    derivation: str,
+    *,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    jpeg: bool = True,
+) -> Dataset:
+    """A rendered heatmap picture (an image's, or a slide's mosaic of fields) as the source's heatmap SC."""
+    header = evidence_of(source)
     created = now()
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -302,12 +351,7 @@ def build_heatmap_sc(
     sc.BodyPartExamined = str(header.get("BodyPartExamined", "") or "THYROID")
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = f"{NOT_FOR_DIAGNOSIS}. AI class activation map, {result.model_label}."
-    sc.DerivationDescription = (
-        f"Class activation map of {result.model_label} for class '{result.predicted}' "
-        f"(p={result.probability(result.predicted):.3f}), bilinear upsampled, viridis colour map "
-        f"at {round(ALPHA * 100)}% opacity over the source image; legend and notice burned in. "
-        f"{NOT_FOR_DIAGNOSIS}."
-    )
+    sc.DerivationDescription = derivation[:1024]
     reference = Dataset()
     reference.ReferencedSOPClassUID = header.SOPClassUID
     reference.ReferencedSOPInstanceUID = header.SOPInstanceUID

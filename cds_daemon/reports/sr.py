@@ -37,7 +37,7 @@ from cds_daemon.reports.uids import derived_uid
 _PN_COMPONENT_MAX = 64
 
 
-def _tracking(header: Dataset, result: AIResult) -> hd.sr.TrackingIdentifier:
+def tracking(header: Dataset, result: AIResult) -> hd.sr.TrackingIdentifier:
     uid = derived_uid(header.SOPInstanceUID, result.model_version, "finding")
     return hd.sr.TrackingIdentifier(uid=uid, identifier="Thyroid FNAB cytology classification")
 
@@ -51,7 +51,7 @@ def _source_image(header: Dataset) -> hd.sr.SourceImageForMeasurementGroup:
     )
 
 
-def _algorithm(result: AIResult, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def algorithm(result: AIResult, manufacturer: str) -> hd.sr.AlgorithmIdentification:
     """TID 4019; the bundle hash and the ensemble members' outputs go in as parameters."""
     params = [f"bundle_sha256={result.model_sha256}", f"classes={','.join(result.classes)}"]
     for member, probs in (("basic", result.basic_probabilities), ("premium", result.premium_probabilities)):
@@ -62,28 +62,28 @@ def _algorithm(result: AIResult, manufacturer: str) -> hd.sr.AlgorithmIdentifica
     )
 
 
-def _evaluation(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
+def evaluation(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
     return hd.sr.QualitativeEvaluation(name=name, value=value)
 
 
-def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+def text_item(name: Code, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
-def _ai_group(header: Dataset, result: AIResult, manufacturer: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def ai_group(header: Dataset, result: AIResult, manufacturer: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     if not result.analysed:  # no class, no probabilities: only that it was referred, and why
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(header, result),
+            tracking_identifier=tracking(header, result),
             finding_type=codes.THYROID_NODULE,
             finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
-            algorithm_id=_algorithm(result, manufacturer),
+            algorithm_id=algorithm(result, manufacturer),
             qualitative_evaluations=[
-                _evaluation(codes.REFERRED, codes.YES),
-                *(_evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
+                evaluation(codes.REFERRED, codes.YES),
+                *(evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
             ],
             source_images=[_source_image(header)],
         )
-        group[0].ContentSequence.extend(_text(codes.REFERRAL_REASON, t) for t in result.reason_texts)
+        group[0].ContentSequence.extend(text_item(codes.REFERRAL_REASON, t) for t in result.reason_texts)
         return group
     measurements = [
         hd.sr.Measurement(
@@ -94,26 +94,26 @@ def _ai_group(header: Dataset, result: AIResult, manufacturer: str) -> hd.sr.Mea
         for cls, display, p in zip(result.classes, result.display_names, result.probabilities, strict=True)
     ]
     evaluations = [
-        _evaluation(codes.CATEGORY, codes.class_code(result.predicted, result.display_name(result.predicted))),
-        _evaluation(codes.REFERRED, codes.YES if result.referred else codes.NO),
-        *(_evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
+        evaluation(codes.CATEGORY, codes.class_code(result.predicted, result.display_name(result.predicted))),
+        evaluation(codes.REFERRED, codes.YES if result.referred else codes.NO),
+        *(evaluation(codes.REFERRAL_REASON, codes.reason_code(r)) for r in result.reasons),
         *(
-            _evaluation(codes.CONFORMAL_MEMBER, codes.class_code(c, result.display_name(c)))
+            evaluation(codes.CONFORMAL_MEMBER, codes.class_code(c, result.display_name(c)))
             for c in result.conformal_set
         ),
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(header, result),
+        tracking_identifier=tracking(header, result),
         finding_type=codes.THYROID_NODULE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
-        algorithm_id=_algorithm(result, manufacturer),
+        algorithm_id=algorithm(result, manufacturer),
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=[_source_image(header)],
     )
-    group[0].ContentSequence.extend(_text(codes.REFERRAL_REASON, t) for t in result.reason_texts)
+    group[0].ContentSequence.extend(text_item(codes.REFERRAL_REASON, t) for t in result.reason_texts)
     if result.finalisation_rule is not None and not result.referred:
-        group[0].ContentSequence.append(_text(codes.FINALISATION_RULE, result.finalisation_rule))
+        group[0].ContentSequence.append(text_item(codes.FINALISATION_RULE, result.finalisation_rule))
     return group
 
 
@@ -141,7 +141,7 @@ def build_ai_sr(
             subject_context=specimen_context(header),
         ),
         procedure_reported=codes.MICROSCOPY,
-        imaging_measurements=[_ai_group(header, result, manufacturer)],
+        imaging_measurements=[ai_group(header, result, manufacturer)],
     )
     created = now()
     fields: dict[str, Any] = {
@@ -176,12 +176,19 @@ def build_ai_sr(
 
 
 def preliminary_sr(
-    source: Dataset, model: AIResult, manufacturer: str, *, created: datetime.datetime | None = None, **fields: Any
+    source: Dataset,
+    model: AIResult,
+    manufacturer: str,
+    *,
+    created: datetime.datetime | None = None,
+    document: type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR] = hd.sr.ComprehensiveSR,
+    **fields: Any,
 ) -> Dataset:
-    """A Comprehensive SR the AI authors (image or case result): complete, PRELIMINARY and UNVERIFIED, dated
-    ``created`` (now), declaring our coding scheme, with the equipment and Contributing Equipment of this model."""
+    """A Comprehensive (or, for a whole slide's regions, Comprehensive 3D) SR the AI authors (image, slide or
+    case result): complete, PRELIMINARY and UNVERIFIED, dated ``created`` (now), declaring our coding scheme,
+    with the equipment and Contributing Equipment of this model."""
     created = created or now()
-    sr = hd.sr.ComprehensiveSR(
+    sr = document(
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -271,21 +278,21 @@ def build_review_sr(
     name = person_name(reviewer_name)
     org = (organization or str(header.get("InstitutionName", "") or "") or "Unspecified")[:64]
 
-    evaluations = [_evaluation(codes.REVIEW_DECISION, codes.decision_code(ReviewDecision(decision)))]
+    evaluations = [evaluation(codes.REVIEW_DECISION, codes.decision_code(ReviewDecision(decision)))]
     if final is not None:
-        evaluations.append(_evaluation(codes.CATEGORY, codes.class_code(final, result.display_name(final))))
+        evaluations.append(evaluation(codes.CATEGORY, codes.class_code(final, result.display_name(final))))
     if result.predicted in result.classes:
         ai_class = codes.class_code(result.predicted, result.display_name(result.predicted))
-        evaluations.append(_evaluation(codes.AI_CATEGORY, ai_class))
+        evaluations.append(evaluation(codes.AI_CATEGORY, ai_class))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(header, result),
+        tracking_identifier=tracking(header, result),
         finding_type=codes.THYROID_NODULE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
         qualitative_evaluations=evaluations,
         source_images=[_source_image(header)],
     )
     if comment:
-        group[0].ContentSequence.append(_text(codes.COMMENT, comment))
+        group[0].ContentSequence.append(text_item(codes.COMMENT, comment))
     person = hd.sr.ObserverContext(
         observer_type=std.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(

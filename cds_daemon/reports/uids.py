@@ -14,17 +14,33 @@ import re
 import uuid
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cds_daemon:reports:v1")
-_KINDS = frozenset({"sr", "sc", "kos", "sr-series", "sc-series", "kos-series", "review-sr-series", "finding"})
-_REVIEW = re.compile(r"review-sr:[1-9][0-9]*")
+_KINDS = frozenset(
+    {
+        "sr",
+        "sc",
+        "kos",
+        "ann",
+        "pm",
+        "sr-series",
+        "sc-series",
+        "kos-series",
+        "ann-series",
+        "pm-series",
+        "review-sr-series",
+        "finding",
+    }
+)
+_NUMBERED = re.compile(r"(review-sr|field):[1-9][0-9]*")
 
 
 def derived_uid(source_sop_instance_uid: str, model_version: str, kind: str) -> str:
     """The UID of one result object (or series) made from one source image by one model version.
 
-    ``kind`` is one of "sr", "sc", "kos", their "-series" variants, "review-sr-series",
-    "finding" (the TID 1501 tracking UID) or "review-sr:<n>" (n >= 1).
+    ``kind`` is one of "sr", "sc", "kos", "ann" (a slide's annotations), "pm" (a slide's heatmap map), their
+    "-series" variants, "review-sr-series", "finding" (the TID 1501 tracking UID), "field:<n>" (the tracking UID
+    of a slide's n-th field) or "review-sr:<n>" (n >= 1).
     """
-    if kind not in _KINDS and not _REVIEW.fullmatch(kind):
+    if kind not in _KINDS and not _NUMBERED.fullmatch(kind):
         raise ValueError(f"unknown derived UID kind {kind!r}")
     if not source_sop_instance_uid or not model_version:
         raise ValueError("source SOPInstanceUID and model version are required")

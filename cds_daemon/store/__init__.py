@@ -107,8 +107,11 @@ class Store(
         holder: str | None = None,
         case_due_at: str | None = None,
         embedding: bytes | None = None,
+        parts: tuple[str, ...] = (),
     ) -> None:
         """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
+
+        ``parts``: for a whole slide, its other levels the analysis read; they are reported with it.
 
         Re-running an instance replaces its prediction and re-queues its objects (their UIDs
         are deterministic, so the PACS receives replacements, not duplicates). ``audit``: a finalised
@@ -121,6 +124,7 @@ class Store(
             for out in outputs:
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
             self._transition(db, sop_instance_uid, "reported", actor, "referred" if p.referred else None, holder=holder)
+            self._complete_parts(db, list(parts), "reported", sop_instance_uid, actor)
             if p.referred:
                 self._worklist_add(db, sop_instance_uid, p.priority, actor)
             elif audit:
@@ -262,6 +266,7 @@ class Store(
             state = db.execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()[0]
             if left == 0 and state == "reported":
                 self._transition(db, uid, "delivered", actor, None)
+                self._deliver_parts(db, uid, actor)
                 return True
         return False
 
@@ -276,6 +281,7 @@ class Store(
         actor: str,
         holder: str | None = None,
         case_due_at: str | None = None,
+        parts: tuple[str, ...] = (),
     ) -> None:
         """An image the AI could not analyse: ``processing -> failed`` with the reason, its "not analysed"
         prediction and SR in the outbox, and a worklist entry, all or nothing: it never ends silently."""
@@ -285,5 +291,6 @@ class Store(
             for out in outputs:
                 self._queue(db, sop_instance_uid, out, destinations, now, replace=True)
             self._transition(db, sop_instance_uid, "failed", actor, reason, holder=holder)
+            self._complete_parts(db, list(parts), "failed", sop_instance_uid, actor)
             self._worklist_add(db, sop_instance_uid, prediction.priority, actor)
             self._case_touch(db, sop_instance_uid, case_due_at)

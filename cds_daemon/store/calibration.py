@@ -15,6 +15,9 @@ from cds_daemon.store.database import Session, StoreBase
 from cds_daemon.store.records import PoolRow, SiteRule, StateError, TriageEvent
 
 OOD_CODES = ("ood_mahalanobis", "ood_energy", "ood_stain")
+#: A reviewed slide joins the pool ``slide:<bundle>``, never the bundle's own pool of fields: a slide-level rule
+#: would be certified on slides, and a field-level rule on fields.
+SLIDE_POOL_PREFIX = "slide:"
 
 
 def _rule(row: Any) -> SiteRule:
@@ -27,21 +30,23 @@ def _rule(row: Any) -> SiteRule:
 class CalibrationStore(StoreBase):
     def _pool_add(self, db: Session, uid: str, decision_id: int, final_class: str | None, now: str) -> bool:
         """Add (or update, for a changed decision) the image's pool row when its prediction was made in shadow
-        mode; False when it does not belong in the pool (live or bundle mode, or not analysed)."""
+        mode; False when it does not belong in the pool (live or bundle mode, or not analysed). A whole slide
+        goes to its bundle's slide pool (``SLIDE_POOL_PREFIX``)."""
         p = db.execute(
-            "SELECT model_sha256, predicted, triage_mode, finalisation_confidence, candidate FROM predictions"
-            " WHERE sop_instance_uid = ?",
+            "SELECT p.model_sha256, p.predicted, p.triage_mode, p.finalisation_confidence, p.candidate, i.slide_key"
+            " FROM predictions p JOIN instances i USING (sop_instance_uid) WHERE p.sop_instance_uid = ?",
             (uid,),
         ).fetchone()
         if p is None or p["triage_mode"] != "shadow" or not p["predicted"] or p["finalisation_confidence"] is None:
             return False
+        pool = p["model_sha256"] if p["slide_key"] is None else f"{SLIDE_POOL_PREFIX}{p['model_sha256']}"
         db.execute(
             """INSERT INTO calibration_pool (model_sha256, sop_instance_uid, decision_id, confidence, candidate,
                    ai_class, final_class, added_at) VALUES (?,?,?,?,?,?,?,?)
                ON CONFLICT (model_sha256, sop_instance_uid) DO UPDATE SET decision_id = excluded.decision_id,
                    final_class = excluded.final_class""",
             (
-                p["model_sha256"],
+                pool,
                 uid,
                 decision_id,
                 float(p["finalisation_confidence"]),

@@ -7,8 +7,9 @@ from typing import Any
 
 from cds_daemon.common.clock import timestamp, timestamp_in
 from cds_daemon.common.vocabulary import ROUTINE_PRIORITY, InstanceState
-from cds_daemon.store.database import Session, StoreBase
+from cds_daemon.store.database import Session
 from cds_daemon.store.records import Instance, LostClaim, NewInstance, PredictionRecord, StateError
+from cds_daemon.store.slides import SlideStore
 
 #: Allowed state transitions. ``processing -> received`` is the restart path.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -23,16 +24,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-class InstanceStore(StoreBase):
-    def record_received(self, new: NewInstance, actor: str) -> bool:
-        """Insert a received instance. Returns False if the SOPInstanceUID was already known."""
+class InstanceStore(SlideStore):
+    def record_received(self, new: NewInstance, actor: str, slide_due_at: str | None = None) -> bool:
+        """Insert a received instance. Returns False if the SOPInstanceUID was already known.
+
+        A level of a whole slide (``new.slide_key``) also (re)starts its slide's quiet period: the slide is
+        analysed at ``slide_due_at`` unless another of its levels arrives first.
+        """
         now = timestamp()
         with self._tx() as db:
             cur = db.execute(
                 """INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,
                        series_instance_uid, accession_number, transfer_syntax_uid, calling_ae,
-                       peer_address, spool_path, size_bytes, sha256, case_key, state, received_at, updated_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'received',?,?)
+                       peer_address, spool_path, size_bytes, sha256, case_key, slide_key, state, received_at,
+                       updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'received',?,?)
                    ON CONFLICT (sop_instance_uid) DO NOTHING""",
                 (
                     new.sop_instance_uid,
@@ -47,11 +53,18 @@ class InstanceStore(StoreBase):
                     new.size_bytes,
                     new.sha256,
                     new.case_key,
+                    new.slide_key,
                     now,
                     now,
                 ),
             )
             inserted = bool(cur.rowcount == 1)
+            if inserted and new.slide_key is not None:
+                db.execute(
+                    "INSERT INTO slides (slide_key, due_at, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (slide_key) DO UPDATE SET due_at = excluded.due_at, updated_at = excluded.updated_at",
+                    (new.slide_key, slide_due_at or now, now),
+                )
             self._audit(db, actor, "received" if inserted else "received-duplicate", new.sop_instance_uid, None)
         return inserted
 
@@ -126,8 +139,11 @@ class InstanceStore(StoreBase):
         """
         now = timestamp()
         with self._tx() as db:
+            self._release_due_slides(db, now, actor)
             row = db.execute(
-                "SELECT id, sop_instance_uid, state, claimed_by FROM instances WHERE state = 'received'"
+                "SELECT id, sop_instance_uid, state, claimed_by FROM instances WHERE (state = 'received' AND"
+                " (slide_key IS NULL OR EXISTS (SELECT 1 FROM slides s"
+                " WHERE s.representative = instances.sop_instance_uid AND s.due_at IS NULL)))"
                 " OR (state = 'processing' AND lease_until < ?) ORDER BY id LIMIT 1" + self._skip_locked,
                 (now,),
             ).fetchone()

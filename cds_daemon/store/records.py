@@ -41,6 +41,7 @@ class Instance:
     case_key: str | None = None
     claimed_by: str | None = None  # the node processing it, while ``processing``
     lease_until: str | None = None
+    slide_key: str | None = None  # a level of a whole slide (see store.slides)
 
     @property
     def on_disk(self) -> bool:
@@ -149,6 +150,7 @@ class NewInstance:
     size_bytes: int
     sha256: str
     case_key: str  # the worklist case this image belongs to (review.cases decides)
+    slide_key: str | None = None  # a whole-slide level: the slide (series / Frame of Reference) it is part of
 
 
 @dataclass(frozen=True)

@@ -288,4 +288,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN runtime TEXT;
     """,
+    # Whole slides (VL Whole Slide Microscopy): each level is an instance with its slide's key (series and
+    # Frame of Reference); the slide waits until no level has arrived for ``slides.quiet_s`` (due_at), then
+    # one of its received levels, the representative, is analysed for the whole slide and carries its result;
+    # the other levels are reported and delivered with it. Additive: min_reader stays.
+    """
+    ALTER TABLE instances ADD COLUMN slide_key TEXT;
+    CREATE INDEX instances_slide ON instances (slide_key);
+    CREATE TABLE slides (
+        slide_key TEXT PRIMARY KEY,
+        due_at TEXT,
+        representative TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX slides_due ON slides (due_at);
+    CREATE INDEX slides_representative ON slides (representative);
+    """,
 )

@@ -81,6 +81,53 @@ class Spool:
         usage = shutil.disk_usage(self.root)
         return usage.used / usage.total
 
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes leave the configured reserve and watermark intact."""
+        return self.free_bytes() - size >= self.min_free_bytes and self.used_ratio() <= self.max_used_ratio
+
+    def _check_room(self, size: int) -> None:
+        if self.free_bytes() - size < self.min_free_bytes:
+            raise DiskFullError(f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)")
+        if self.used_ratio() > self.max_used_ratio:
+            raise DiskFullError(f"disk usage above the configured watermark ({self.max_used_ratio:.0%})")
+
+    def adopt(self, sop_instance_uid: str, received: Path) -> SpooledFile:
+        """Make a file received to disk durable under the instance's final path: fsynced, hashed, renamed
+        (copied when it lies on another file system). The received file is gone afterwards."""
+        final = self.path_for(sop_instance_uid)
+        size = received.stat().st_size
+        self._check_room(0)  # the bytes are on this disk already (the listener checked while they came)
+        digest = hashlib.sha256()
+        with open(received, "rb") as fh:
+            while chunk := fh.read(2**22):
+                digest.update(chunk)
+            os.fsync(fh.fileno())
+        final.parent.mkdir(exist_ok=True)
+        try:
+            try:
+                os.replace(received, final)
+                moved_from = received.parent
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+                try:
+                    with open(received, "rb") as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 2**22)
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                    os.replace(tmp, final)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                moved_from = self.incoming
+            for directory in dict.fromkeys([final.parent, moved_from]):
+                _fsync_dir(directory)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"disk full while writing: {exc.strerror}") from exc
+            raise
+        return SpooledFile(final, size, digest.hexdigest())
+
     def write(self, sop_instance_uid: str, data: bytes) -> SpooledFile:
         """Store ``data`` durably under the instance's final path."""
         return self.write_all([(sop_instance_uid, data)])[0]
@@ -93,11 +140,7 @@ class Spool:
         until all are durable.
         """
         finals = [self.path_for(uid) for uid, _ in items]
-        size = sum(len(data) for _, data in items)
-        if self.free_bytes() - size < self.min_free_bytes:
-            raise DiskFullError(f"free space below the configured minimum ({self.min_free_bytes // 2**20} MiB)")
-        if self.used_ratio() > self.max_used_ratio:
-            raise DiskFullError(f"disk usage above the configured watermark ({self.max_used_ratio:.0%})")
+        self._check_room(sum(len(data) for _, data in items))
         temps = [self.incoming / f"{uuid.uuid4().hex}.part" for _ in items]
         try:
             for tmp, (_, data) in zip(temps, items, strict=True):

@@ -1,0 +1,218 @@
+"""Issue 23: whole slides (VL Whole Slide Microscopy) in, informative fields chosen, WSI-native objects out.
+
+Real processes: dcmtk's storescu sends the levels, the daemon receives them to disk, waits for the slide's
+quiet period, analyses it, and Orthanc receives the 3D SR, annotations, heatmap map, mosaic and KOS once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from wsidicom import WsiDicom
+
+from cds_daemon.common.manifest import read_manifest
+from cds_daemon.reports.uids import derived_uid
+from tests.support.processes import DaemonProcess, OrthancProcess, storescu
+from tests.support.slides import dicomize_with_orthanc, hit_rate, write_slide
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+CONFIG = (
+    "[egress]\nretry_base_s = 0.3\nretry_max_s = 1.0\npoll_s = 0.5\ntimeout_s = 20\n"
+    "[slides]\nquiet_s = 2\n"
+    "[reports]\ncase_sr = false\n"
+)
+KINDS = ("sr", "ann", "pm", "sc", "kos")
+
+
+def _start(make: Callable[..., DaemonProcess], bundle: Path, pacs: OrthancProcess, **kw: object) -> DaemonProcess:
+    return make(bundle=bundle, destinations=[("pacs", "ORTHANC", pacs.dicom_port)], extra_config=CONFIG, **kw).start()
+
+
+def _rows(daemon: DaemonProcess, sql: str) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(daemon.data_dir / "cds.sqlite3") as db:
+        return list(db.execute(sql).fetchall())
+
+
+def _representative(daemon: DaemonProcess, series_uid: str) -> str:
+    def reported() -> str | None:
+        rows = _rows(
+            daemon,
+            f"SELECT i.sop_instance_uid FROM instances i JOIN predictions p USING (sop_instance_uid)"
+            f" WHERE i.series_instance_uid = '{series_uid}'",
+        )
+        return str(rows[0][0]) if rows else None
+
+    return wait_until(reported, 180, "the slide's result")
+
+
+def _delivered(pacs: OrthancProcess, uid: str, version: str, kinds: tuple[str, ...]) -> dict[str, str]:
+    def found() -> dict[str, str] | None:
+        ids = {k: pacs.instance_id(derived_uid(uid, version, k)) for k in kinds}
+        return {k: v for k, v in ids.items() if v} if all(ids.values()) else None
+
+    return wait_until(found, 120, f"{', '.join(kinds)} in Orthanc")
+
+
+def test_a_synthetic_slide_comes_back_as_wsi_objects(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    written, smear = write_slide(tmp_path / "slide", "malignant", seed=11, focal_planes=3)
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    r = storescu(daemon.port, *written.paths, extra=("-xy",))
+    assert r.returncode == 0, r.stderr
+    uid = _representative(daemon, written.series_uid)
+    ids = _delivered(orthanc, uid, version, KINDS)
+
+    sr = pydicom.dcmread(io.BytesIO(orthanc.file(ids["sr"])))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    fields = hd.sr.srread(io.BytesIO(orthanc.file(ids["sr"]))).content.get_planar_roi_measurement_groups()
+    assert fields, "no field regions in the SR"
+    boxes = []
+    for group in fields:
+        region = group.roi
+        assert isinstance(region, hd.sr.ImageRegion3D)
+        assert region.frame_of_reference_uid == written.frame_of_reference_uid
+        assert region.value.shape == (5, 3)
+    record = _rows(daemon, f"SELECT detail FROM predictions WHERE sop_instance_uid = '{uid}'")[0][0]
+    detail = json.loads(str(record))
+    boxes = [tuple(f["box"]) for f in detail["slide"]["fields"]]
+    assert len(boxes) == len(fields)
+    rate = hit_rate(boxes, smear)  # type: ignore[arg-type]
+    print(f"field hit rate on the synthetic slide: {rate:.2f} ({len(boxes)} fields)")
+    assert rate >= 0.75
+    assert all(f["z"] == 1.0 for f in detail["slide"]["fields"]), "the focused plane is the middle one (z = 1 µm)"
+
+    ann = hd.ann.annread(io.BytesIO(orthanc.file(ids["ann"])))
+    assert ann.FrameOfReferenceUID == written.frame_of_reference_uid
+    assert sum(len(g.get_graphic_data("3D")) for g in ann.get_annotation_groups()) == len(boxes)
+    pm = pydicom.dcmread(io.BytesIO(orthanc.file(ids["pm"])))
+    assert pm.ContentLabel == "HEATMAP" and pm.FrameOfReferenceUID == written.frame_of_reference_uid
+    assert written.container_identifier.encode() in orthanc.file(ids["sr"]), "the SR's subject: the slide (TID 1009)"
+
+    out = tmp_path / "back"
+    out.mkdir()
+    for kind in ("sr", "ann", "pm", "sc", "kos"):
+        path = out / f"{kind}.dcm"
+        path.write_bytes(orthanc.file(ids[kind]))
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [ln for ln in check.stderr.splitlines() if ln.startswith("Error")]
+        assert not errors, f"{kind}: {errors}"
+    with WsiDicom.open([*written.paths, out / "ann.dcm"]) as wsi:  # wsidicom reads the slide with our annotations
+        assert len(wsi.annotations) == 1
+
+    levels = _rows(daemon, f"SELECT state FROM instances WHERE series_instance_uid = '{written.series_uid}'")
+    wait_until(
+        lambda: all(
+            s == "delivered"
+            for (s,) in _rows(daemon, f"SELECT state FROM instances WHERE series_instance_uid = '{written.series_uid}'")
+        ),
+        60,
+        "every level delivered",
+    )
+    assert len(levels) == len(written.paths)
+    assert len(_rows(daemon, "SELECT * FROM predictions")) == 1, "a slide is analysed once, not per level"
+    item = _rows(daemon, f"SELECT reasons FROM predictions WHERE sop_instance_uid = '{uid}'")[0][0]
+    assert "slide_validation" in str(item)
+    assert _rows(daemon, "SELECT COUNT(*) FROM worklist_images")[0][0] == 1
+
+
+def test_third_party_slides_are_analysed(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """Orthanc's dicomizer: no Image Type, Pixel Spacing with rows and columns swapped; one slide with a Frame of
+    Reference given in its dataset, one without (then no annotations or map, and 2D regions in the SR)."""
+    version = read_manifest(tiny_bundle).version
+    _, smear = write_slide(tmp_path / "ours", "benign", seed=12)
+    framed = dicomize_with_orthanc(smear, tmp_path / "framed", frame_of_reference_uid="1.2.826.0.1.3680043.10.9.1")
+    bare = dicomize_with_orthanc(smear, tmp_path / "bare", accession="FXA-77700002")
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    for files, kinds in ((framed, KINDS), (bare, ("sr", "sc", "kos"))):
+        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        assert storescu(daemon.port, *files, extra=("-xy",)).returncode == 0
+        uid = _representative(daemon, series)
+        ids = _delivered(orthanc, uid, version, kinds)
+        detail = json.loads(
+            str(_rows(daemon, f"SELECT detail FROM predictions WHERE sop_instance_uid = '{uid}'")[0][0])
+        )
+        assert any("Pixel Spacing" in r for r in detail["slide"]["repairs"])
+        assert any("Image Type" in r for r in detail["slide"]["repairs"])
+        rate = hit_rate([tuple(f["box"]) for f in detail["slide"]["fields"]], smear)  # type: ignore[misc]
+        print(f"field hit rate on the Orthanc-dicomized slide: {rate:.2f}")
+        assert rate >= 0.75
+        fields = hd.sr.srread(io.BytesIO(orthanc.file(ids["sr"]))).content.get_planar_roi_measurement_groups()
+        region = hd.sr.ImageRegion3D if len(kinds) == len(KINDS) else hd.sr.ImageRegion
+        assert fields and all(isinstance(g.roi, region) for g in fields)
+        if len(kinds) < len(KINDS):
+            assert orthanc.instance_id(derived_uid(uid, version, "ann")) is None
+            assert orthanc.instance_id(derived_uid(uid, version, "pm")) is None
+
+
+def test_an_empty_slide_ends_as_not_analysed(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    written, _ = write_slide(tmp_path / "empty", "benign", seed=13, cells=0, blood=3)
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    assert storescu(daemon.port, *written.paths, extra=("-xy",)).returncode == 0
+    uid = _representative(daemon, written.series_uid)
+    _delivered(orthanc, uid, version, ("sr",))
+    state, reason = _rows(daemon, f"SELECT state, state_reason FROM instances WHERE sop_instance_uid = '{uid}'")[0]
+    assert state == "failed" and "no informative field" in str(reason)
+    parts = _rows(daemon, f"SELECT state FROM instances WHERE series_instance_uid = '{written.series_uid}'")
+    assert {s for (s,) in parts} == {"failed"}
+    assert _rows(daemon, "SELECT COUNT(*) FROM worklist_images")[0][0] == 1
+
+
+def test_kill_during_transfer_and_during_analysis_loses_and_duplicates_nothing(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    written, _ = write_slide(tmp_path / "slide", "indeterminate", seed=14, grid=(5, 8), cells=6, jpeg=False)
+    daemon = _start(make_daemon, tiny_bundle, orthanc, listener_options={"max_pdu_size": 4096})
+    big = max(written.paths, key=lambda p: p.stat().st_size)  # the native level 0: about 150 MB
+    sent: list[subprocess.CompletedProcess[str]] = []
+    sender = threading.Thread(target=lambda: sent.append(storescu(daemon.port, big)))
+    sender.start()
+    incoming = daemon.data_dir / "spool" / "incoming"
+    wait_until(lambda: any(p.stat().st_size > 2**20 for p in incoming.glob("*.part")), 60, "the transfer", 0.01)
+    daemon.stop(signal.SIGKILL)
+    sender.join()
+    assert sent and sent[0].returncode != 0, "the sender saw the transfer fail"
+    assert _rows(daemon, "SELECT COUNT(*) FROM instances")[0][0] == 0, "nothing acknowledged, nothing recorded"
+
+    daemon.start()
+    assert not list((daemon.data_dir / "spool" / "incoming").glob("*.part")), "the partial file is removed at start"
+    assert storescu(daemon.port, *written.paths).returncode == 0
+    wait_until(
+        lambda: _rows(daemon, "SELECT COUNT(*) FROM instances WHERE state = 'processing'")[0][0] == 1,
+        60,
+        "the slide under analysis",
+        interval=0.05,
+    )
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    uid = _representative(daemon, written.series_uid)
+    _delivered(orthanc, uid, version, KINDS)
+    wait_until(
+        lambda: {s for (s,) in _rows(daemon, "SELECT state FROM instances")} == {"delivered"}, 60, "all delivered"
+    )
+    assert len(_rows(daemon, "SELECT * FROM instances")) == len(written.paths)
+    assert len(_rows(daemon, "SELECT * FROM predictions")) == 1
+    for kind in KINDS:
+        assert len(orthanc.lookup(derived_uid(uid, version, kind))) == 1, f"{kind} arrived more than once"
+    time.sleep(0.1)
