@@ -2,7 +2,8 @@
 # One command on a fresh Debian machine: set up, build the demo model bundle (once, cached in
 # var/demo-bundle; about 12 minutes on 2 cores), start a demo PACS (Orthanc on 4242/8042) and
 # cds-daemon on its embedded defaults (THYROID_CDS on 127.0.0.1:11112, data in var/data), send
-# sample microscope images with dcmtk's storescu, and show the results that came back into the PACS.
+# sample microscope images and one whole slide with dcmtk's storescu, and show the results that came back
+# into the PACS (its WSI viewer shows the slide).
 #   bash deploy/demo.sh           keeps both running until Ctrl-C
 #   bash deploy/demo.sh --once    stops them after showing the result (exit 1 if a result is missing)
 #   CDS_DEMO_BUNDLE=tiny bash deploy/demo.sh --once
@@ -59,6 +60,8 @@ done
 
 rm -rf var/demo var/data
 mkdir -p var/demo/orthanc var/demo/samples/explicit var/demo/samples/jpeg
+# A slide is analysed once none of its levels has arrived for slides.quiet_s (120 s installed): 5 s here.
+export CDS_SLIDES__QUIET_S=${CDS_SLIDES__QUIET_S:-5}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -81,9 +84,14 @@ STORESCU=/usr/bin/storescu
 echo "demo: sending with dcmtk's storescu (-xy proposes JPEG baseline for the compressed ones)"
 $STORESCU -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/explicit/*.dcm
 $STORESCU -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/jpeg/*.dcm
+echo "demo: writing and sending one whole slide (VL Whole Slide Microscopy, 3 levels, JPEG tiles; truth.json says where the cells are)"
+$PY -m dicom_fixtures make-slide var/demo/samples/slide --label malignant --seed 5 --grid 3 4 --cells 4 --blood 2
+# -R: propose the SOP classes the files hold (storescu's default list has no VL Whole Slide Microscopy)
+$STORESCU -R -xy -aet STORESCU -aec THYROID_CDS 127.0.0.1 11112 var/demo/samples/slide/*.dcm
+$STORESCU -R -xy -aet STORESCU -aec ORTHANC 127.0.0.1 4242 var/demo/samples/slide/*.dcm  # the PACS holds the slide too
 echo "demo: received by the daemon (JSON log lines):"
-grep '"instance_received"' var/demo/daemon.log | tail -n 6
-echo "demo: waiting for the results to reach the PACS"
+grep '"instance_received"' var/demo/daemon.log | tail -n 9
+echo "demo: waiting for the results to reach the PACS (the slide after its ${CDS_SLIDES__QUIET_S} s quiet period)"
 counts() { .venv/bin/cds-daemon status --json | $PY -c "$1"; }
 for _ in $(seq 1 240); do
   pending=$(counts 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["received"]+s["instances"]["processing"]+s["outbox"]["pending"])')
@@ -96,11 +104,11 @@ sr=$(grep -l -a "AI cytology result" var/data/results/*/*.dcm 2>/dev/null | head
 if [ -n "$sr" ]; then echo "demo: one AI structured report (dsrdump):"; dsrdump -q "$sr" | head -n 60; fi
 
 delivered=$(counts 'import json,sys; s=json.load(sys.stdin); print(s["instances"]["delivered"])')
-if [ "$delivered" -ne 6 ]; then
-  echo "demo: FAILED: $delivered of 6 images have all their results in the PACS (see var/demo/daemon.log)" >&2
+if [ "$delivered" -ne 9 ]; then
+  echo "demo: FAILED: $delivered of 9 instances (6 images, 3 slide levels) have all their results in the PACS (see var/demo/daemon.log)" >&2
   exit 1
 fi
-echo "demo: all 6 images analysed and their results delivered to the PACS"
+echo "demo: all 6 images and the slide analysed and their results delivered to the PACS"
 echo "demo: the review page (the cytopathologist's worklist of referred cases, and Site calibration for admins):"
 echo "        http://127.0.0.1:8043/   sign in as '$DEMO_USER' with password '$DEMO_PASSWORD'"
 echo "      this demo finalises with the bundle's own rule; an installation starts in shadow mode and a site"

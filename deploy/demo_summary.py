@@ -17,6 +17,14 @@ with open(log_path) as fh:
         if e.get("event") == "instance_not_analysed":
             print(f"  ...{e['sop_instance_uid'][-20:]}  NOT ANALYSED (in the worklist; see cds-daemon worklist list)")
             counts["not analysed"] += 1
+        if e.get("event") == "slide_reported":
+            print(
+                f"  ...{e['sop_instance_uid'][-20:]}  WHOLE SLIDE: {e['fields']} informative fields "
+                f"of {e['proposals']} looked at; slide category {e['predicted']} ({e['confidence']:.2f}); "
+                "REFERRED (slides are reviewed until a slide-level rule is certified)"
+            )
+            counts["referred"] += 1
+            continue
         if e.get("event") != "instance_reported":
             continue
         head = f"  ...{e['sop_instance_uid'][-20:]}  {e['predicted']:<13} confidence {e['confidence']:.2f}"
@@ -31,7 +39,11 @@ with open(log_path) as fh:
 print("demo: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 print(f"demo: the PACS now holds ({orthanc_url}):")
 with urllib.request.urlopen(f"{orthanc_url}/series?expand", timeout=10) as rsp:
-    for series in json.loads(rsp.read()):
-        tags = series["MainDicomTags"]
-        count = len(series["Instances"])
-        print(f"  {tags.get('Modality', ''):<3} {count} instance(s)  {tags.get('SeriesDescription', '')}")
+    all_series = json.loads(rsp.read())
+for series in all_series:
+    tags = series["MainDicomTags"]
+    count = len(series["Instances"])
+    print(f"  {tags.get('Modality', ''):<3} {count} instance(s)  {tags.get('SeriesDescription', '')}")
+for series in all_series:
+    if series["MainDicomTags"].get("Modality") == "SM":
+        print(f"demo: the slide in the PACS's WSI viewer: {orthanc_url}/wsi/app/viewer.html?series={series['ID']}")

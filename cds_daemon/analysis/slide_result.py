@@ -22,7 +22,7 @@ from cds_daemon.analysis.fields import Field, select_fields
 from cds_daemon.analysis.pipeline import Inferred, infer
 from cds_daemon.analysis.policy import FinalisationPolicy
 from cds_daemon.analysis.quality import QualityResult, assess
-from cds_daemon.analysis.slide_reader import SlideGeometry, SlideImage
+from cds_daemon.analysis.slide_reader import SlideGeometry, SlideImage, SlideUnreadable
 from cds_daemon.common.config import Settings
 from cds_daemon.common.vocabulary import REASONS, THRESHOLD_REASONS, OutputKind, ReferralReason, TriageMode
 from cds_daemon.reports.case_sr import worst_category
@@ -32,6 +32,9 @@ from cds_daemon.reports.slide_objects import build_slide_annotations, build_slid
 from cds_daemon.reports.slide_sr import SLIDE_RULE_TEXT, SlideFinding, SlideFrame, build_slide_sr
 from cds_daemon.store import PredictionRecord
 
+#: A slide whose finest level is coarser than the bundle's µm/px by more than this is not read (its fields
+#: would be upsampled: not what the model learnt on).
+MAX_UPSAMPLING = 1.25
 #: The heatmap map lies on the coarsest level at least this wide.
 PM_MIN_WIDTH = 1024
 
@@ -76,6 +79,11 @@ def prepare_slide(levels: list[tuple[str, Path]], settings: Settings, mpp: float
         raise DecodeError("the model bundle states no micrometres per pixel (preprocessing.mpp): slides cannot be read")
     t0 = time.perf_counter()
     with SlideImage([p for _, p in levels], settings.worker_scratch) as slide:
+        if slide.geometry.mpp > mpp * MAX_UPSAMPLING:
+            raise SlideUnreadable(
+                f"the slide's finest level is {slide.geometry.mpp:.2f} µm/px; the model reads fields at {mpp:g} µm/px "
+                "(a finer level missing?)"
+            )
         selection = select_fields(slide, mpp, settings.slides.max_fields, settings.slides.min_cellularity)
         if not selection.fields:
             raise NoInformativeField(

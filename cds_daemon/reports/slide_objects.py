@@ -21,10 +21,16 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind
 from cds_daemon.reports import codes
-from cds_daemon.reports.heatmap import heatmap_picture_sc, render_mosaic, upsample_bilinear
+from cds_daemon.reports.heatmap import NOT_FOR_DIAGNOSIS, heatmap_picture_sc, render_mosaic, upsample_bilinear
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.slide_sr import SlideFinding, SlideFrame
-from cds_daemon.reports.source import DEFAULT_MANUFACTURER, contributing_equipment, equipment, evidence_of
+from cds_daemon.reports.source import (
+    DEFAULT_MANUFACTURER,
+    contributing_equipment,
+    equipment,
+    evidence_of,
+    series_description,
+)
 from cds_daemon.reports.uids import derived_uid
 
 CELLS = Code("4421005", "SCT", "Cell")
@@ -97,6 +103,7 @@ def build_slide_annotations(
         content_label="AI_FIELDS",
         contributing_equipment=[contributing_equipment(result, manufacturer)],
     )
+    ann.SeriesDescription = series_description("AI slide fields", result, "PRELIMINARY")
     return ann
 
 
@@ -158,6 +165,7 @@ def build_slide_heatmap(
         tile_pixel_array=True,
         contributing_equipment=[contributing_equipment(result, manufacturer)],
     )
+    pm.SeriesDescription = series_description("AI slide heatmap", result, NOT_FOR_DIAGNOSIS)
     return pm
 
 

@@ -22,7 +22,9 @@ from wsidicom import WsiDicom
 
 from cds_daemon.common.manifest import read_manifest
 from cds_daemon.reports.uids import derived_uid
-from tests.support.processes import DaemonProcess, OrthancProcess, storescu
+from dicom_fixtures.smear import make_smear
+from dicom_fixtures.wsm import BROKEN_SLIDES, write_broken_slide
+from tests.support.processes import DaemonProcess, OrthancProcess, echoscu, send_raw, storescu
 from tests.support.slides import dicomize_with_orthanc, hit_rate, write_slide
 from tests.support.waiting import wait_until
 
@@ -216,3 +218,46 @@ def test_kill_during_transfer_and_during_analysis_loses_and_duplicates_nothing(
     for kind in KINDS:
         assert len(orthanc.lookup(derived_uid(uid, version, kind))) == 1, f"{kind} arrived more than once"
     time.sleep(0.1)
+
+
+def test_broken_slides_are_refused_or_end_visibly(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """dicom_fixtures.wsm.BROKEN_SLIDES: a truncated level and a wrong offset table are refused at C-STORE
+    (the rest of that slide then lacks its finest level and is not analysed); undecodable tiles end the slide as
+    "not analysed"; a slide without its lower levels is analysed from level 0."""
+    smear = make_smear("benign", 31, grid=(2, 3), cell_patches=3, blood_patches=1)
+    daemon = _start(make_daemon, tiny_bundle, orthanc)
+    outcomes = {}
+    for n, kind in enumerate(BROKEN_SLIDES):
+        paths = write_broken_slide(kind, smear, tmp_path / kind, seed=40 + n)
+        statuses = [send_raw(daemon.port, p) for p in paths]
+        series = str(pydicom.dcmread(paths[-1], stop_before_pixels=True).SeriesInstanceUID)
+        uid = _representative(daemon, series)
+        (state, reason), *_ = _rows(
+            daemon, f"SELECT state, state_reason FROM instances WHERE sop_instance_uid = '{uid}'"
+        )
+        outcomes[kind] = (statuses, state, str(reason))
+    assert outcomes["truncated-level"][0][0] in (0xA900, 0xC000) and outcomes["truncated-level"][0][1:] == [0, 0]
+    assert outcomes["wrong-offsets"][0][0] in (0xA900, 0xC000)
+    for kind in ("truncated-level", "wrong-offsets"):
+        assert outcomes[kind][1] == "failed" and "finest level" in outcomes[kind][2]
+    assert outcomes["undecodable-tiles"][1] == "failed" and "cannot be read" in outcomes["undecodable-tiles"][2]
+    assert outcomes["missing-levels"][0] == [0] and outcomes["missing-levels"][1] == "reported"
+    assert echoscu(daemon.port).returncode == 0
+
+
+def test_the_size_limit_is_per_sop_class(make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    """max_dataset_mb (1 MiB here) stops a camera image; a whole-slide level may be up to its own limit."""
+    from tests.support.dicom_files import write_images
+
+    daemon = make_daemon(listener_options={"max_dataset_mb": 1}).start()
+    written, _ = write_slide(tmp_path / "slide", "benign", seed=15)
+    assert written.paths[0].stat().st_size > 2**20
+    assert storescu(daemon.port, written.paths[0], extra=("-xy",)).returncode == 0
+    camera = write_images(tmp_path / "camera", 1, seed=15)  # 2.3 MB uncompressed
+    assert storescu(daemon.port, *camera).returncode != 0
+    assert _rows(daemon, "SELECT COUNT(*) FROM instances") == [(1,)]
+    assert _rows(daemon, "SELECT code FROM rejections") == [("dataset_too_large",)]
+    incoming = daemon.data_dir / "spool" / "incoming"
+    wait_until(lambda: not list(incoming.glob("*.part")), 10, "the aborted message's file removed")
