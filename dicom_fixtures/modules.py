@@ -5,6 +5,7 @@ and come from the arguments only, so datasets are reproducible byte for byte.
 """
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -179,3 +180,16 @@ def add_sop_common(ds: Dataset, sop_class_uid: str, sop_instance_uid: str, when:
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceCreationDate = _da(when)
     ds.InstanceCreationTime = _tm(when)
+
+
+def study_for(study_uid: str) -> StudyInfo:
+    """The study's date, accession and ID, derived from its UID: images wrapped into one study agree."""
+    from .identity import accession_number, study_datetime
+
+    study_key = int(hashlib.blake2b(study_uid.encode(), digest_size=6).hexdigest(), 16)
+    return StudyInfo(
+        uid=study_uid,
+        when=study_datetime(study_key),
+        accession=accession_number(study_key),
+        study_id=f"FX{study_key % 10**8:08d}",
+    )

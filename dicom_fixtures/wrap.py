@@ -19,7 +19,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from . import modules
 from .encoding import STORESCU_OPTIONS, TRANSFER_SYNTAXES, photometric_for, set_pixel_data
-from .identity import PatientInfo, accession_number, fake_patient, make_uid, study_datetime
+from .identity import PatientInfo, fake_patient, make_uid
 
 __all__ = [
     "IODS",
@@ -106,13 +106,7 @@ def wrap_image(
     patient = patient or fake_patient(seed)
     study_uid = study_uid or make_uid("study", seed, patient.patient_id)
     series_uid = series_uid or make_uid("series", study_uid, iod, series_number)
-    study_key = int(hashlib.blake2b(study_uid.encode(), digest_size=6).hexdigest(), 16)
-    study = modules.StudyInfo(
-        uid=study_uid,
-        when=study_datetime(study_key),
-        accession=accession_number(study_key),
-        study_id=f"FX{study_key % 10**8:08d}",
-    )
+    study = modules.study_for(study_uid)
     pixel_digest = hashlib.blake2b(frames.tobytes(), digest_size=8).hexdigest()
     sop_uid = make_uid("instance", series_uid, instance_number, iod, transfer_syntax, pixel_digest)
     content_time = study.when + dt.timedelta(minutes=2 + instance_number)

@@ -7,7 +7,6 @@ Orthanc's dicomizer does, so a reader must derive µm/px from Imaged Volume Widt
 """
 
 import datetime as dt
-import hashlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEG
 
 from . import modules
 from .encoding import JPEG_QUALITY, jpeg_baseline_frame
-from .identity import PatientInfo, accession_number, fake_patient, make_uid, study_datetime
+from .identity import PatientInfo, fake_patient, make_uid
 from .smear import Smear
 
 WSM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -102,13 +101,7 @@ def _identity(
     study_uid = study_uid or make_uid("study", seed, patient.patient_id)
     series_uid = make_uid("wsm-series", study_uid, seed, label)
     frame_uid = make_uid("wsm-frame-of-reference", series_uid)
-    study_key = int(hashlib.blake2b(study_uid.encode(), digest_size=6).hexdigest(), 16)
-    study = modules.StudyInfo(
-        uid=study_uid,
-        when=study_datetime(study_key),
-        accession=accession_number(study_key),
-        study_id=f"FX{study_key % 10**8:08d}",
-    )
+    study = modules.study_for(study_uid)
     return patient, study, series_uid, frame_uid, f"FXS-{study.accession[4:]}-W{seed % 1000:03d}"
 
 
@@ -138,20 +131,12 @@ def _level_dataset(
     ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
     original = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.ImageType = original if factor == 1 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "YBR_FULL_422" if jpeg else "RGB"
-    ds.PlanarConfiguration = 0
-    ds.Rows = tile
-    ds.Columns = tile
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    frames = -(-cols // tile) * -(-rows // tile) * planes
+    modules.add_image_pixel(ds, tile, tile, frames, "YBR_FULL_422" if jpeg else "RGB")
     ds.TotalPixelMatrixColumns = cols
     ds.TotalPixelMatrixRows = rows
     ds.TotalPixelMatrixFocalPlanes = planes
     ds.NumberOfOpticalPaths = 1
-    ds.NumberOfFrames = -(-cols // tile) * -(-rows // tile) * planes
     mm_per_px0 = slide.mpp / 1000.0
     ds.ImagedVolumeWidth = round(slide.width * mm_per_px0, 6)
     ds.ImagedVolumeHeight = round(slide.height * mm_per_px0, 6)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom import Dataset
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
-from cds_daemon.common.vocabulary import SERIES_NUMBER, OutputKind
+from cds_daemon.common.vocabulary import SERIES_NUMBER, WHOLE_SLIDE_SOP_CLASS, OutputKind
 from cds_daemon.reports import codes
 from cds_daemon.reports.observer import device_observer
 from cds_daemon.reports.result import AIResult
@@ -70,7 +70,8 @@ def _ai_sr_stub(member: CaseMember) -> Dataset:
     """Enough of an image's AI SR to reference it (its UIDs are derived, the file need not be read)."""
     ds = Dataset()
     version, uid = member.result.model_version, str(member.header.SOPInstanceUID)
-    ds.SOPClassUID = ComprehensiveSRStorage
+    slide = str(member.header.get("SOPClassUID", "")) == WHOLE_SLIDE_SOP_CLASS  # a slide's is a 3D SR
+    ds.SOPClassUID = Comprehensive3DSRStorage if slide and member.result.analysed else ComprehensiveSRStorage
     ds.SOPInstanceUID = derived_uid(uid, version, "sr")
     ds.SeriesInstanceUID = derived_uid(uid, version, "sr-series")
     ds.StudyInstanceUID = member.header.StudyInstanceUID

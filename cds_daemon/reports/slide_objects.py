@@ -38,6 +38,21 @@ ARTIFICIAL_INTELLIGENCE = Code("123109", "DCM", "Artificial Intelligence")
 NO_UNITS = Code("1", "UCUM", "no units")
 
 
+def _identity(uid_source: str, result: AIResult, kind: str, manufacturer: str) -> dict[str, object]:
+    """The series, instance and equipment arguments of a slide object of ``kind`` ("ann", "pm")."""
+    kit = equipment(result, manufacturer)
+    return {
+        "series_instance_uid": derived_uid(uid_source, result.model_version, f"{kind}-series"),
+        "sop_instance_uid": derived_uid(uid_source, result.model_version, kind),
+        "instance_number": 1,
+        "manufacturer": kit["manufacturer"],
+        "manufacturer_model_name": kit["manufacturer_model_name"],
+        "software_versions": kit["software_versions"],
+        "device_serial_number": result.model_sha256[:64],
+        "contributing_equipment": [contributing_equipment(result, manufacturer)],
+    }
+
+
 def _algorithm(result: AIResult) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
         name=result.model_name[:64], family=ARTIFICIAL_INTELLIGENCE, version=result.model_version[:64]
@@ -86,22 +101,14 @@ def build_slide_annotations(
                 description=f"Fields the AI analysed and put in {result.display_name(cls)}"[:64],
             )
         )
-    kit = equipment(result, manufacturer)
     ann = hd.ann.MicroscopyBulkSimpleAnnotations(
         source_images=[header],
         annotation_coordinate_type="3D" if three_d else "2D",
         annotation_groups=groups,
-        series_instance_uid=derived_uid(uid_source, result.model_version, "ann-series"),
         series_number=SERIES_NUMBER[OutputKind.ANNOTATIONS],
-        sop_instance_uid=derived_uid(uid_source, result.model_version, "ann"),
-        instance_number=1,
-        manufacturer=kit["manufacturer"],
-        manufacturer_model_name=kit["manufacturer_model_name"],
-        software_versions=kit["software_versions"],
-        device_serial_number=result.model_sha256[:64],
         content_description="AI fields (PRELIMINARY)",
         content_label="AI_FIELDS",
-        contributing_equipment=[contributing_equipment(result, manufacturer)],
+        **_identity(uid_source, result, "ann", manufacturer),  # type: ignore[arg-type]
     )
     ann.SeriesDescription = series_description("AI slide fields", result, "PRELIMINARY")
     return ann
@@ -144,18 +151,10 @@ def build_slide_heatmap(
         slope=1.0,
         intercept=0.0,
     )
-    kit = equipment(result, manufacturer)
     pm = hd.pm.ParametricMap(
         source_images=[header],
         pixel_array=values,
-        series_instance_uid=derived_uid(uid_source, result.model_version, "pm-series"),
         series_number=SERIES_NUMBER[OutputKind.HEATMAP_MAP],
-        sop_instance_uid=derived_uid(uid_source, result.model_version, "pm"),
-        instance_number=1,
-        manufacturer=kit["manufacturer"],
-        manufacturer_model_name=kit["manufacturer_model_name"],
-        software_versions=kit["software_versions"],
-        device_serial_number=result.model_sha256[:64],
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
@@ -163,7 +162,7 @@ def build_slide_heatmap(
         content_description="AI heatmap (NOT FOR DIAGNOSIS)",
         content_label="HEATMAP",
         tile_pixel_array=True,
-        contributing_equipment=[contributing_equipment(result, manufacturer)],
+        **_identity(uid_source, result, "pm", manufacturer),  # type: ignore[arg-type]
     )
     pm.SeriesDescription = series_description("AI slide heatmap", result, NOT_FOR_DIAGNOSIS)
     return pm

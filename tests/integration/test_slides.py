@@ -261,3 +261,32 @@ def test_the_size_limit_is_per_sop_class(make_daemon: Callable[..., DaemonProces
     assert _rows(daemon, "SELECT code FROM rejections") == [("dataset_too_large",)]
     incoming = daemon.data_dir / "spool" / "incoming"
     wait_until(lambda: not list(incoming.glob("*.part")), 10, "the aborted message's file removed")
+
+
+def test_the_case_sr_includes_the_slide(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    written, _ = write_slide(tmp_path / "slide", "malignant", seed=16)
+    config = CONFIG.replace("case_sr = false", "case_sr = true\ncase_quiet_s = 1")
+    daemon = make_daemon(
+        bundle=tiny_bundle, destinations=[("pacs", "ORTHANC", orthanc.dicom_port)], extra_config=config
+    )
+    daemon.start()
+    assert storescu(daemon.port, *written.paths, extra=("-xy",)).returncode == 0
+    uid = _representative(daemon, written.series_uid)
+
+    def case_sr() -> str | None:
+        rows = _rows(daemon, "SELECT object_uid FROM outbox WHERE kind = 'case-sr' AND state = 'delivered'")
+        return str(rows[0][0]) if rows else None
+
+    case_uid = wait_until(case_sr, 120, "the case SR delivered")
+    case = pydicom.dcmread(io.BytesIO(orthanc.file(str(orthanc.instance_id(case_uid)))))
+    evidence = {
+        str(ref.ReferencedSOPInstanceUID): str(ref.ReferencedSOPClassUID)
+        for study in case.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence[uid] == "1.2.840.10008.5.1.4.1.1.77.1.6"
+    assert evidence[derived_uid(uid, version, "sr")] == "1.2.840.10008.5.1.4.1.1.88.34"
