@@ -36,7 +36,7 @@ NUCLEAR_OD = 0.3
 #: Windows are proposed at this many steps per field width and height.
 PROPOSAL_STEPS = 8
 #: Read the mask level in strips of at most this many pixels (memory stays bounded on any slide).
-STRIP_PIXELS = 4096 * 1024
+STRIP_PIXELS = 1024 * 1024
 
 _H = np.array([0.65, 0.70, 0.29])
 _E = np.array([0.07, 0.99, 0.11])
@@ -97,21 +97,31 @@ def _strips(width: int, height: int, multiple: int = 1) -> Iterator[tuple[int, i
 def nuclear_map(slide: SlideImage) -> tuple[np.ndarray, int, float]:
     """The nuclear mask of the slide at MASK_MPP µm/px: (mask, level read, downsample of the mask from level 0).
 
-    A level finer than MASK_MPP is averaged down to it, strip by strip, so cellularity means the same
-    whatever pyramid a scanner wrote.
+    The glass brightness comes from the coarsest level; the mask level is then read, and turned into a
+    mask, a strip at a time (memory stays bounded on any slide). A level finer than MASK_MPP is averaged
+    down to it, so cellularity means the same whatever pyramid a scanner wrote.
     """
+    coarsest, _, (cw, ch) = max(slide.levels(), key=lambda lv: lv[1])
+    thumb = slide.read(0, 0, cw, ch, level=coarsest) if cw * ch <= STRIP_PIXELS else None
     level, downsample, (width, height) = _mask_level(slide)
     factor = max(1.0, MASK_MPP / (slide.geometry.mpp * downsample) * 0.999)
+    white: np.ndarray | None = None if thumb is None else _glass_white(thumb)
     strips = []
     for y, rows in _strips(width, height, round(factor)):
         strip = slide.read(0, y, width, rows, level=level)
         if factor > 1.0:
             size = (max(1, round(width / factor)), max(1, round(rows / factor)))
             strip = np.asarray(Image.fromarray(strip).resize(size, Image.Resampling.BOX))
-        strips.append(strip)
-    rgb = np.concatenate(strips, axis=0)
-    white = np.percentile(rgb.reshape(-1, 3)[:: max(1, rgb.size // 3 // 200_000)], 99, axis=0)
-    return nuclear_density(rgb, white) > NUCLEAR_OD, level, downsample * (width / rgb.shape[1])
+        if white is None:  # no level small enough to read whole: the first strip's glass
+            white = _glass_white(strip)
+        strips.append(nuclear_density(strip, white) > NUCLEAR_OD)
+    mask = np.concatenate(strips, axis=0)
+    return mask, level, downsample * (width / mask.shape[1])
+
+
+def _glass_white(rgb: np.ndarray) -> np.ndarray:
+    """The glass's brightness per channel: the 99th percentile of (a sample of) the pixels."""
+    return np.asarray(np.percentile(rgb.reshape(-1, 3)[:: max(1, rgb.size // 3 // 200_000)], 99, axis=0))
 
 
 def _window_scores(mask: np.ndarray, win: tuple[int, int], step: tuple[int, int]) -> list[tuple[float, int, int]]:
@@ -143,9 +153,11 @@ def _at_bundle_scale(region: np.ndarray) -> np.ndarray:
 
 def select_fields(slide: SlideImage, mpp: float, max_fields: int, min_cellularity: float) -> Selection:
     """The informative fields of ``slide`` read at ``mpp`` µm/px (the bundle's), best first (see the module)."""
-    mask, level, downsample = nuclear_map(slide)
     scale = mpp / slide.geometry.mpp  # level-0 pixels per bundle pixel
     field0 = (round(FIELD_ROWS * scale), round(FIELD_COLUMNS * scale))  # (rows, cols) at level 0
+    if slide.geometry.height < field0[0] or slide.geometry.width < field0[1]:
+        return Selection([], 0, 0, slide.geometry.mpp)  # smaller than one field: nothing to analyse
+    mask, level, downsample = nuclear_map(slide)
     win = (max(1, round(field0[0] / downsample)), max(1, round(field0[1] / downsample)))
     scores = _window_scores(mask, win, (max(1, win[0] // PROPOSAL_STEPS), max(1, win[1] // PROPOSAL_STEPS)))
     taken: list[tuple[int, int, int, int]] = []

@@ -36,9 +36,11 @@ from cds_daemon.analysis.quality import QualityResult
 from cds_daemon.analysis.slide_result import PreparedSlide, SlideReportJob, build_slide_objects, prepare_slide
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import configure_logging, get_logger
+from cds_daemon.ops.memory import release_memory
 from cds_daemon.ops.metrics import HELPER_RESTARTS
 from cds_daemon.ops.threads import blas_threads, limit_blas_threads
 from cds_daemon.reports.files import write_objects
+from cds_daemon.reports.heatmap import MOSAIC_FIELDS
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.template import Templates
 from cds_daemon.store import OutputObject
@@ -103,9 +105,10 @@ def _prepare_slide(uid: str, levels: list[tuple[str, str]], mpp: float | None) -
     """Read a slide and choose its fields; the fields' pixels stay here for its report too."""
     prepared = prepare_slide([(u, Path(p)) for u, p in levels], _STATE["settings"], mpp)
     kept: dict[str, Any] = _STATE["images"]
-    kept[uid] = [f.field.rgb for f in prepared.fields]
+    kept[uid] = [f.field.rgb for f in prepared.fields[:MOSAIC_FIELDS]]  # what its mosaic shows
     while len(kept) > _KEEP:
         kept.pop(next(iter(kept)))
+    release_memory()
     return prepared
 
 
@@ -114,12 +117,16 @@ def _report_slide(uid: str, levels: list[tuple[str, str]], job: SlideReportJob, 
     t0 = time.perf_counter()
     pixels = _STATE["images"].pop(uid, None)
     if pixels is None:
-        pixels = [f.field.rgb for f in prepare_slide([(u, Path(p)) for u, p in levels], _STATE["settings"], mpp).fields]
+        again = prepare_slide([(u, Path(p)) for u, p in levels], _STATE["settings"], mpp)
+        pixels = [f.field.rgb for f in again.fields[:MOSAIC_FIELDS]]
     headers = {u: pydicom.dcmread(p, stop_before_pixels=True) for u, p in levels}
     objects = build_slide_objects(
         headers[uid], list(headers.values()), job, pixels, heatmap_jpeg=_STATE["settings"].reports.heatmap_jpeg
     )
-    return ReportOutputs(write_objects(_STATE["results"], objects), (time.perf_counter() - t0) * 1000)
+    outputs = write_objects(_STATE["results"], objects)
+    del objects, pixels
+    release_memory()
+    return ReportOutputs(outputs, (time.perf_counter() - t0) * 1000)
 
 
 def _report(uid: str, path: str, result: AIResult) -> ReportOutputs:

@@ -24,12 +24,16 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from wsidicom import WsiDicom
+from wsidicom.config import Settings as WsiSettings
 
 from cds_daemon.analysis.decode import DecodeError
 from cds_daemon.ops.logs import get_logger
 
 log = get_logger("slides")
 
+#: wsidicom's tile caches (100 MB each by default): every tile is read about once here, for the mask level's
+#: strips or one field, so small caches keep the helper's memory flat on any slide.
+READ_SETTINGS = WsiSettings(decoded_frame_cache_size=16 * 2**20, encoded_frame_cache_size=8 * 2**20)
 #: Pixel Spacing and the imaged volume may differ this much (relative) before the spacing is taken for wrong.
 SPACING_TOLERANCE = 0.05
 
@@ -150,7 +154,7 @@ class SlideImage:
         if self.repairs:
             log.info("slide_headers_repaired", levels=len(self.repairs), repairs=sorted(set(self.repairs)))
         try:
-            self.wsi = WsiDicom.open(readable)
+            self.wsi = WsiDicom.open(readable, settings=READ_SETTINGS)
         except Exception as exc:  # wsidicom raises its own errors and pydicom's for what it cannot read
             self.close()
             raise SlideUnreadable(f"the slide's levels cannot be read: {type(exc).__name__}: {exc}") from exc

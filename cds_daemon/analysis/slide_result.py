@@ -9,6 +9,7 @@ the reviews of slides are kept in a pool of their own (``slide:<bundle>``), neve
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,9 @@ from cds_daemon.store import PredictionRecord
 #: A slide whose finest level is coarser than the bundle's µm/px by more than this is not read (its fields
 #: would be upsampled: not what the model learnt on).
 MAX_UPSAMPLING = 1.25
-#: The heatmap map lies on the coarsest level at least this wide.
-PM_MIN_WIDTH = 1024
+#: The heatmap map lies on the coarsest level at least this wide: a field's Grad-CAM is a 7 x 7 grid, so a
+#: finer map only interpolates it (and a 40,000 px slide's level 2 would make an 18 MB float map).
+PM_MIN_WIDTH = 512
 
 
 class NoInformativeField(DecodeError):
@@ -85,6 +87,9 @@ def prepare_slide(levels: list[tuple[str, Path]], settings: Settings, mpp: float
                 "(a finer level missing?)"
             )
         selection = select_fields(slide, mpp, settings.slides.max_fields, settings.slides.min_cellularity)
+        if not selection.fields and not selection.proposals:
+            g = slide.geometry
+            raise NoInformativeField(f"no informative field: the slide ({g.width} x {g.height} px) is smaller than one")
         if not selection.fields:
             raise NoInformativeField(
                 f"no informative field: no {settings.slides.min_cellularity:.0%} of any field's area is "
@@ -102,11 +107,24 @@ def prepare_slide(levels: list[tuple[str, Path]], settings: Settings, mpp: float
         )
 
 
+def without_pixels(prepared: PreparedSlide) -> PreparedSlide:
+    """The slide with its fields' pixels dropped (after the model has seen them; the helper kept its own)."""
+    empty = np.zeros((0, 0, 3), np.uint8)
+    fields = [PreparedField(dataclasses.replace(f.field, rgb=empty), f.quality) for f in prepared.fields]
+    return dataclasses.replace(prepared, fields=fields)
+
+
 def infer_slide(
     prepared: PreparedSlide, engine: Engine, settings: Settings, policy: FinalisationPolicy
 ) -> SlideInferred:
+    """Each field through :func:`~cds_daemon.analysis.pipeline.infer`, then the slide result. The fields it
+    returns carry no pixels (:func:`without_pixels`): a slide's are many images' worth, held once, in the helper."""
     t0 = time.perf_counter()
-    fields = [(f, infer(f.field.rgb, f.quality, engine, settings, policy)) for f in prepared.fields]
+    light = without_pixels(prepared)
+    fields = [
+        (f, infer(full.field.rgb, full.quality, engine, settings, policy))
+        for full, f in zip(prepared.fields, light.fields, strict=True)
+    ]
     result = aggregate([inferred.result for _, inferred in fields])
     return SlideInferred(
         fields,

@@ -36,10 +36,12 @@ from cds_daemon.analysis.slide_result import (
     infer_slide,
     report_job,
     slide_record,
+    without_pixels,
 )
 from cds_daemon.common.clock import timestamp_in
 from cds_daemon.common.config import Settings
 from cds_daemon.ops.logs import get_logger
+from cds_daemon.ops.memory import release_memory
 from cds_daemon.ops.metrics import INFERENCE_SECONDS, PIPELINE_SECONDS
 from cds_daemon.review.audit import sampled_for_audit
 from cds_daemon.store import Instance, LostClaim, OutputObject, Store, StoreUnavailable
@@ -224,6 +226,8 @@ class Worker:
             prepared: PreparedSlide = self._offloaded(claimed.prepared, "prepare_slide", uid, claimed.levels, self._mpp)
             policy = resolve(self.settings, self.engine.rules, self.store)
             inferred = infer_slide(prepared, self.engine, self.settings, policy)
+            prepared = without_pixels(prepared)  # the helper has them for the mosaic; none held here meanwhile
+            release_memory()
             job = report_job(prepared, inferred)
             reports = self.offload.report_slide(uid, claimed.levels, job, self._mpp)
         except CancelledError:

@@ -177,14 +177,15 @@ def build_slide_mosaic(
     manufacturer: str = DEFAULT_MANUFACTURER,
     jpeg: bool = True,
 ) -> Dataset:
-    """The top fields (selection order) with their heatmaps as the slide's heatmap Secondary Capture."""
+    """The top fields (selection order) with their heatmaps as the slide's heatmap Secondary Capture;
+    ``pixels``: those of the first fields (at most ``MOSAIC_FIELDS`` are shown)."""
     tiles = [
         (
             p,
             f.result.cam,
             f"Field {n}: {f.result.display_name(f.result.predicted)} p={f.result.probability(f.result.predicted):.2f}",
         )
-        for n, (f, p) in enumerate(zip(findings, pixels, strict=True), start=1)
+        for n, (f, p) in enumerate(zip(findings[: len(pixels)], pixels, strict=True), start=1)
         if f.result.cam is not None
     ]
     picture = render_mosaic([(p, c, t) for p, c, t in tiles if c is not None], result)

@@ -65,6 +65,17 @@ def test_a_slide_of_blood_and_glass_has_no_informative_field(tmp_path: Path) -> 
         prepare_slide(levels, Settings(), None)
 
 
+def test_a_slide_smaller_than_a_field_has_none(tmp_path: Path) -> None:
+    from dicom_fixtures.smear import make_smear
+    from dicom_fixtures.wsm import write_large_wsm
+
+    smear = make_smear("benign", 32, grid=(1, 1), cell_patches=1, blood_patches=0)
+    written = write_large_wsm(smear, tmp_path / "tiny", 640, 512, downsamples=(1, 4))
+    levels = [(str(i), p) for i, p in enumerate(written.paths)]
+    with pytest.raises(NoInformativeField, match="smaller than one"):
+        prepare_slide(levels, Settings(), 0.25)
+
+
 def test_a_third_party_pyramid_and_a_base_level_alone_give_the_same_fields(tmp_path: Path) -> None:
     written, smear = write_slide(tmp_path / "s", "indeterminate", 29)
     ours = _select(list(written.paths), tmp_path / "scratch")
