@@ -68,7 +68,6 @@ class Field:
 class Selection:
     fields: list[Field]
     proposals: int  # windows scored
-    mask_level: int
     mask_mpp: float
 
 
@@ -94,8 +93,8 @@ def _strips(width: int, height: int, multiple: int = 1) -> Iterator[tuple[int, i
         yield y, min(rows, height - y)
 
 
-def nuclear_map(slide: SlideImage) -> tuple[np.ndarray, int, float]:
-    """The nuclear mask of the slide at MASK_MPP µm/px: (mask, level read, downsample of the mask from level 0).
+def nuclear_map(slide: SlideImage) -> tuple[np.ndarray, float]:
+    """The nuclear mask of the slide at MASK_MPP µm/px, and its downsample from level 0.
 
     The glass brightness comes from the coarsest level; the mask level is then read, and turned into a
     mask, a strip at a time (memory stays bounded on any slide). A level finer than MASK_MPP is averaged
@@ -116,7 +115,7 @@ def nuclear_map(slide: SlideImage) -> tuple[np.ndarray, int, float]:
             white = _glass_white(strip)
         strips.append(nuclear_density(strip, white) > NUCLEAR_OD)
     mask = np.concatenate(strips, axis=0)
-    return mask, level, downsample * (width / mask.shape[1])
+    return mask, downsample * (width / mask.shape[1])
 
 
 def _glass_white(rgb: np.ndarray) -> np.ndarray:
@@ -156,8 +155,8 @@ def select_fields(slide: SlideImage, mpp: float, max_fields: int, min_cellularit
     scale = mpp / slide.geometry.mpp  # level-0 pixels per bundle pixel
     field0 = (round(FIELD_ROWS * scale), round(FIELD_COLUMNS * scale))  # (rows, cols) at level 0
     if slide.geometry.height < field0[0] or slide.geometry.width < field0[1]:
-        return Selection([], 0, 0, slide.geometry.mpp)  # smaller than one field: nothing to analyse
-    mask, level, downsample = nuclear_map(slide)
+        return Selection([], 0, slide.geometry.mpp)  # smaller than one field: nothing to analyse
+    mask, downsample = nuclear_map(slide)
     win = (max(1, round(field0[0] / downsample)), max(1, round(field0[1] / downsample)))
     scores = _window_scores(mask, win, (max(1, win[0] // PROPOSAL_STEPS), max(1, win[1] // PROPOSAL_STEPS)))
     taken: list[tuple[int, int, int, int]] = []
@@ -182,7 +181,7 @@ def select_fields(slide: SlideImage, mpp: float, max_fields: int, min_cellularit
         assert best is not None
         cellularity = _cellularity(mask, x, y, w, h, downsample)
         fields.append(Field(x, y, w, h, best[1], cellularity, best[0], _at_bundle_scale(best[2])))
-    return Selection(fields, len(scores), level, slide.geometry.mpp * downsample)
+    return Selection(fields, len(scores), slide.geometry.mpp * downsample)
 
 
 def _cellularity(mask: np.ndarray, x: int, y: int, w: int, h: int, downsample: float) -> float:

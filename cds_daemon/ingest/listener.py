@@ -39,7 +39,6 @@ from cds_daemon.ingest.acceptance import (
 )
 from cds_daemon.ingest.guard import ConnectionGuard
 from cds_daemon.ingest.received import (
-    ReceivedFileError,
     discard_unfinished,
     open_received,
     release_incoming_directory,
@@ -342,7 +341,7 @@ class Listener:
             )
         except NotAcceptable as exc:
             return self._refuse(exc.status, exc.code, str(exc), calling, peer, context, claimed_uid)
-        except (ReceivedFileError, Exception) as exc:  # pydicom raises many types on malformed input
+        except Exception as exc:  # ReceivedFileError, and the many types pydicom raises on malformed input
             reason = f"unreadable dataset: {exc}"
             return self._refuse(
                 CANNOT_UNDERSTAND, RefusalCode.UNREADABLE_DATASET, reason, calling, peer, context, claimed_uid
