@@ -26,12 +26,12 @@ from cds_daemon.analysis.quality import QualityResult, assess
 from cds_daemon.analysis.slide_reader import SlideGeometry, SlideImage, SlideUnreadable
 from cds_daemon.common.config import Settings
 from cds_daemon.common.vocabulary import REASONS, THRESHOLD_REASONS, OutputKind, ReferralReason, TriageMode
-from cds_daemon.reports.case_sr import worst_category
+from cds_daemon.reports.case_sr import suspicion, worst_category
 from cds_daemon.reports.kos import build_review_kos
 from cds_daemon.reports.result import AIResult
 from cds_daemon.reports.slide_objects import build_slide_annotations, build_slide_heatmap, build_slide_mosaic
 from cds_daemon.reports.slide_sr import SLIDE_RULE_TEXT, SlideFinding, SlideFrame, build_slide_sr
-from cds_daemon.store import PredictionRecord
+from cds_daemon.store import PredictionRecord, SlideField
 
 #: A slide whose finest level is coarser than the bundle's µm/px by more than this is not read (its fields
 #: would be upsampled: not what the model learnt on).
@@ -39,6 +39,9 @@ MAX_UPSAMPLING = 1.25
 #: The heatmap map lies on the coarsest level at least this wide: a field's Grad-CAM is a 7 x 7 grid, so a
 #: finer map only interpolates it (and a 40,000 px slide's level 2 would make an 18 MB float map).
 PM_MIN_WIDTH = 512
+#: A slide among the similar cases: the mean features of its most suspicious fields (until a reviewer marks
+#: its diagnostic field, whose features then stand for it).
+TOP_FIELDS = 3
 
 
 class NoInformativeField(DecodeError):
@@ -190,6 +193,37 @@ def field_detail(prepared: PreparedField, inferred: Inferred) -> dict[str, objec
     }
 
 
+def field_rows(inferred: SlideInferred) -> list[SlideField]:
+    """Each field's features and Grad-CAM (uint8) for the store, numbered as in the slide SR."""
+    rows = []
+    for number, (_, i) in enumerate(inferred.fields, start=1):
+        cam = i.result.cam
+        vector = i.prediction.embedding
+        rows.append(
+            SlideField(
+                number,
+                None if vector is None else np.asarray(vector, np.float32).tobytes(),
+                None if cam is None else np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8).tobytes(),
+                0 if cam is None else int(cam.shape[0]),
+                0 if cam is None else int(cam.shape[1]),
+            )
+        )
+    return rows
+
+
+def slide_embedding(inferred: SlideInferred) -> bytes | None:
+    """The slide's features among similar cases: the mean of its TOP_FIELDS most suspicious fields'."""
+    ranked = sorted(
+        (i for _, i in inferred.fields if i.result.analysed and i.prediction.embedding is not None),
+        key=lambda i: suspicion(i.result.predicted, i.result.probability(i.result.predicted)),
+        reverse=True,
+    )
+    if not ranked:
+        return None
+    top = np.stack([np.asarray(i.prediction.embedding, np.float32) for i in ranked[:TOP_FIELDS]])
+    return np.asarray(top.mean(axis=0), np.float32).tobytes()
+
+
 def slide_record(
     prepared: PreparedSlide, inferred: SlideInferred, object_uids: dict[str, str], timings_ms: dict[str, float]
 ) -> PredictionRecord:
@@ -222,6 +256,8 @@ def slide_record(
                 "width": g.width,
                 "height": g.height,
                 "mpp": g.mpp,
+                "origin_mm": list(g.origin_mm),
+                "orientation": list(g.orientation),
                 "focal_planes": list(g.focal_planes),
                 "frame_of_reference_uid": g.frame_of_reference_uid,
                 "levels": list(prepared.parts),

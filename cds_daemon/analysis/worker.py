@@ -33,8 +33,10 @@ from cds_daemon.analysis.slide_result import (
     PreparedSlide,
     SlideInferred,
     SlideReportJob,
+    field_rows,
     infer_slide,
     report_job,
+    slide_embedding,
     slide_record,
     without_pixels,
 )
@@ -301,6 +303,8 @@ class Worker:
             holder=self.settings.node_id,
             case_due_at=self._case_due_at(),
             parts=self._parts(uid),
+            embedding=slide_embedding(inferred),
+            slide_fields=field_rows(inferred),
         )
         PIPELINE_SECONDS.observe(timings["total"] / 1000)
         log.info(

@@ -383,11 +383,33 @@ class WebSettings(_Section):
     max_failed_logins: int = Field(
         5, ge=1, description="failed logins for a name from one address before attempts from there back off"
     )
+    wsi_viewer_url: str | None = Field(
+        None,
+        description="link from the slide view to the PACS's own WSI viewer; {orthanc_series_id}, {series_uid} and "
+        "{study_uid} are filled in, e.g. http://pacs:8042/wsi/app/viewer.html?series={orthanc_series_id} "
+        "(Orthanc with its WSI plug-in)",
+    )
+    slide_cache_mb: int = Field(64, ge=1, le=4096, description="slide tiles kept in memory for the viewer, MiB")
 
     @field_validator("bind_address")
     @classmethod
     def _address(cls, v: str) -> str:
         ipaddress.ip_address(v)
+        return v
+
+    @field_validator("wsi_viewer_url")
+    @classmethod
+    def _viewer_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("wsi_viewer_url must be an http:// or https:// URL")
+        try:
+            v.format(series_uid="", study_uid="", orthanc_series_id="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"wsi_viewer_url: only {{orthanc_series_id}}, {{series_uid}} and {{study_uid}} are filled in ({exc})"
+            ) from exc
         return v
 
 
@@ -508,6 +530,11 @@ class Settings(BaseSettings):
     def node_id(self) -> str:
         """This node's name in a shared store: ``cluster.node_id``, else host name and DICOM port."""
         return self.cluster.node_id or f"{socket.gethostname()}:{self.listener.port}"
+
+    @property
+    def web_scratch(self) -> Path:
+        """The review page's scratch directory (repaired slide headers while the viewer reads a slide)."""
+        return self.storage.work_dir / f"web-{self.spool_node or 'local'}"
 
     @property
     def worker_scratch(self) -> Path:

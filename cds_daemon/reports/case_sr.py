@@ -61,6 +61,12 @@ def worst_category(results: Sequence[AIResult]) -> tuple[str | None, float | Non
     return worst, max(r.probability(worst) for r in analysed if worst in r.classes)
 
 
+def suspicion(predicted: str | None, probability: float) -> tuple[int, float]:
+    """Sort key, most suspicious last: the category's rank in the aggregation rule's order, then its
+    probability (a slide's fields are listed, and its top fields chosen, by it)."""
+    return (SEVERITY.index(predicted) if predicted in SEVERITY else -1, probability)
+
+
 def case_category(members: list[CaseMember]) -> tuple[str | None, float | None]:
     """(worst category, its case probability) over the analysed members; (None, None) if none was analysed."""
     return worst_category([m.result for m in members])

@@ -55,6 +55,8 @@ REVIEW_DECISION = Code("REVIEW-DECISION", SCHEME, "Expert review decision")
 IMAGE_RESULT = Code("IMAGE-RESULT", SCHEME, "AI result of one image of the case")
 AGGREGATION_RULE = Code("CASE-RULE", SCHEME, "How the case result is made from the images")
 FINALISATION_RULE = Code("FINAL-RULE", SCHEME, "Rule that finalised the result without review")
+FIELD_EXAMINED = Code("FIELD-EXAMINED", SCHEME, "Field examined by the reviewer")
+DIAGNOSTIC_FIELD = Code("DIAGNOSTIC-FIELD", SCHEME, "Diagnostic field of the slide")
 
 _SH_MAX = 16
 _LO_MAX = 64

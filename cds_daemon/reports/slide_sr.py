@@ -61,33 +61,41 @@ class SlideFinding:
         return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
 
 
-def _field_group(
-    number: int, header: Dataset, frame: SlideFrame, finding: SlideFinding, slide: AIResult, manufacturer: str
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    r = finding.result
+def field_tracking(header: Dataset, slide: AIResult, number: int) -> hd.sr.TrackingIdentifier:
+    """Field ``number``'s identity: the same in the AI's slide SR and in a reviewer's."""
     uid = derived_uid(header.SOPInstanceUID, slide.model_version, f"field:{number}")
-    identifier = hd.sr.TrackingIdentifier(uid=uid, identifier=f"Field {number}")
+    return hd.sr.TrackingIdentifier(uid=uid, identifier=f"Field {number}")
+
+
+def field_region(header: Dataset, frame: SlideFrame, finding: SlideFinding) -> dict[str, Any]:
+    """The field's rectangle: SCOORD3D in the slide's Frame of Reference, else 2D on ``header``'s level."""
     if frame.frame_of_reference_uid is not None:
         ring = frame.to_slide(finding.corners(), finding.z_um)
-        region: dict[str, Any] = {
+        return {
             "referenced_region": hd.sr.ImageRegion3D(
                 graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
                 graphic_data=np.vstack([ring, ring[:1]]),
                 frame_of_reference_uid=frame.frame_of_reference_uid,
             )
         }
-    else:
-        corners = finding.corners()
-        region = {
-            "referenced_region": hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.vstack([corners, corners[:1]]),
-                source_image=hd.sr.SourceImageForRegion(
-                    referenced_sop_class_uid=header.SOPClassUID,
-                    referenced_sop_instance_uid=header.SOPInstanceUID,
-                ),
-            )
-        }
+    corners = finding.corners()
+    return {
+        "referenced_region": hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.vstack([corners, corners[:1]]),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=header.SOPInstanceUID,
+            ),
+        )
+    }
+
+
+def _field_group(
+    number: int, header: Dataset, frame: SlideFrame, finding: SlideFinding, slide: AIResult, manufacturer: str
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    r = finding.result
+    region = field_region(header, frame, finding)
     measurements = [
         hd.sr.Measurement(name=codes.probability_concept(c, d), value=float(p), unit=codes.PROBABILITY_UNIT)
         for c, d, p in zip(r.classes, r.display_names, r.probabilities, strict=True)
@@ -98,7 +106,7 @@ def _field_group(
         *(evaluation(codes.REFERRAL_REASON, codes.reason_code(reason)) for reason in r.reasons),
     ]
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=identifier,
+        tracking_identifier=field_tracking(header, slide, number),
         finding_type=codes.THYROID_NODULE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
         algorithm_id=algorithm(slide, manufacturer),
@@ -157,3 +165,31 @@ SLIDE_RULE_TEXT = (
     "its probability: the highest calibrated probability of that category among the fields; a slide is referred "
     "until a slide-level rule is certified."
 )
+
+
+def examined_field_groups(
+    header: Dataset, frame: SlideFrame, slide: AIResult, fields: dict[int, SlideFinding], diagnostic: int | None
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """A reviewer's slide SR: one TID 1410 group per field they examined (number -> field), with the field's
+    tracking identifier from the AI's slide SR, its AI category, and which one they marked as diagnostic."""
+    groups = []
+    for number in sorted(fields):
+        finding = fields[number]
+        r = finding.result
+        evaluations = [evaluation(codes.FIELD_EXAMINED, codes.YES)]
+        if r.predicted in r.classes:
+            evaluations.append(
+                evaluation(codes.AI_CATEGORY, codes.class_code(r.predicted, r.display_name(r.predicted)))
+            )
+        if number == diagnostic:
+            evaluations.append(evaluation(codes.DIAGNOSTIC_FIELD, codes.YES))
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=field_tracking(header, slide, number),
+                finding_type=codes.THYROID_NODULE,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.THYROID)],
+                qualitative_evaluations=evaluations,
+                **field_region(header, frame, finding),
+            )
+        )
+    return groups

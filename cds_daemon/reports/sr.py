@@ -10,6 +10,7 @@ line up the AI's and the expert's category.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import highdicom as hd
@@ -264,10 +265,14 @@ def build_review_sr(
     result: AIResult,
     organization: str | None = None,
     manufacturer: str = DEFAULT_MANUFACTURER,
+    regions: Sequence[Any] = (),
+    document: type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR] = hd.sr.ComprehensiveSR,
 ) -> Dataset:
     """An expert's decision as a verified TID 1500 SR with the AI SR as predecessor.
 
-    ``organization`` (Verifying Organization, type 1) defaults to the source's InstitutionName.
+    ``organization`` (Verifying Organization, type 1) defaults to the source's InstitutionName. ``regions``:
+    further measurement groups after the decision's (a slide's examined fields, see ``slide_sr``), in a
+    ``document`` that can hold them.
     """
     if sequence < 1:
         raise ValueError("sequence numbers start at 1")
@@ -305,10 +310,10 @@ def build_review_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=person),
         procedure_reported=codes.MICROSCOPY,
-        imaging_measurements=[group],
+        imaging_measurements=[group, *regions],
     )
     local = decided_at.astimezone() if decided_at.tzinfo else decided_at  # Content Date/Time are local
-    sr = hd.sr.ComprehensiveSR(
+    sr = document(
         evidence=[header],
         content=report[0],
         series_instance_uid=derived_uid(header.SOPInstanceUID, result.model_version, "review-sr-series"),

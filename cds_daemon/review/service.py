@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 
@@ -69,6 +69,13 @@ def labels_for(settings: Settings) -> Labels:
     if settings.model_bundle is None:
         raise ReviewError("model_bundle is not configured: the class names of the predictions are unknown")
     return _labels_from_bundle(settings.model_bundle)
+
+
+def slide_fields(prediction: PredictionRecord) -> list[dict[str, Any]]:
+    """A slide's analysed fields as the worker recorded them (box, z, category, probabilities, reasons); []
+    for a camera image. Field n of the slide SR is element n - 1."""
+    slide = prediction.detail.get("slide")
+    return list(slide.get("fields") or []) if isinstance(slide, dict) else []
 
 
 def rebuild_ai_result(prediction: PredictionRecord, labels: Labels) -> AIResult:
@@ -148,12 +155,15 @@ class ReviewService:
         final_class: str | None = None,
         comment: str | None = None,
         actor: str | None = None,
+        fields_viewed: Sequence[int] = (),
+        diagnostic_field: int | None = None,
     ) -> list[Decision]:
         """Record ``decision`` for the given images of the item (default: every undecided one). A "change"
         over several images confirms those whose AI class already is the chosen one.
 
         ``actor`` names the channel in the audit trail when it is not the reviewer's own web session
-        (``cli:<os user>`` for the command line).
+        (``cli:<os user>`` for the command line). ``fields_viewed`` and ``diagnostic_field`` (field numbers,
+        from 1) belong to a whole slide: its verified SR names the fields the reviewer examined.
         """
         user = self.store.get_user(reviewer)
         if user is None or user.disabled:
@@ -170,6 +180,7 @@ class ReviewService:
         unknown = [u for u in targets if u not in item.images]
         if unknown:
             raise ReviewError(f"not in worklist item {item_id}: {', '.join(unknown)}")
+        fields = self._slide_fields_of(targets, fields_viewed, diagnostic_field)
         plans = []
         for uid in targets:
             chosen = decision
@@ -178,9 +189,29 @@ class ReviewService:
             final = self._final_class(uid, chosen, final_class if chosen == decision else None)
             plans.append((uid, chosen, final))
         with self._lock:
-            made = [self._decide_one(item, uid, chosen, final, comment, user, actor) for uid, chosen, final in plans]
+            made = [
+                self._decide_one(item, uid, chosen, final, comment, user, actor, fields.get(uid, ((), None)))
+                for uid, chosen, final in plans
+            ]
         self.on_queued()
         return made
+
+    def _slide_fields_of(
+        self, targets: list[str], viewed: Sequence[int], diagnostic: int | None
+    ) -> dict[str, tuple[tuple[int, ...], int | None]]:
+        """(examined fields, diagnostic field) of the one slide among ``targets``, checked against its fields."""
+        if not viewed and diagnostic is None:
+            return {}
+        slides = [(uid, p) for uid in targets if (p := self.store.get_prediction(uid)) is not None and slide_fields(p)]
+        if len(slides) != 1:
+            raise ReviewError("examined and diagnostic fields belong to a decision on one whole slide")
+        uid, prediction = slides[0]
+        count = len(slide_fields(prediction))
+        numbers = set(viewed) | ({diagnostic} if diagnostic is not None else set())
+        wrong = sorted(n for n in numbers if not 1 <= n <= count)
+        if wrong:
+            raise ReviewError(f"the slide has fields 1 to {count}, not {', '.join(map(str, wrong))}")
+        return {uid: (tuple(sorted(numbers)), diagnostic)}
 
     def _final_class(self, uid: str, decision: str, final_class: str | None) -> tuple[str | None, str | None]:
         """(AI class, reviewer's class) after checking that the decision makes sense for this image."""
@@ -199,6 +230,7 @@ class ReviewService:
         comment: str | None,
         user: User,
         actor: str | None = None,
+        examined: tuple[tuple[int, ...], int | None] = ((), None),
     ) -> Decision:
         from cds_daemon.reports.files import write_objects
         from cds_daemon.reports.sr import build_review_sr
@@ -210,6 +242,9 @@ class ReviewService:
         source = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
         ai_sr = pydicom.dcmread(self.ai_sr_path(uid))
         result = self.ai_result(uid)
+        viewed, diagnostic = examined
+        prediction = self.store.get_prediction(uid)
+        regions = slide_regions(source, prediction, result, viewed, diagnostic) if prediction is not None else {}
         try:
             # One decision on an image at a time, on every node: the slot holds its sequence number (and so
             # the review SR's UID) until the decision, its SR in the outbox and its pool row are committed.
@@ -226,6 +261,7 @@ class ReviewService:
                     decided_at=datetime.now(UTC),
                     sequence=sequence,
                     result=result,
+                    **regions,
                 )
                 (review_sr,) = write_objects(self.results, [(OutputKind.REVIEW_SR, sr)])
                 made = slot.record(
@@ -238,6 +274,8 @@ class ReviewService:
                     review_sr=review_sr,
                     destinations=[d.name for d in self.settings.destinations],
                     actor=actor,
+                    fields_viewed=viewed,
+                    diagnostic_field=diagnostic,
                 )
         except StateError as exc:
             raise ReviewError(str(exc)) from exc
@@ -251,5 +289,58 @@ class ReviewService:
             final_class=final_class,
             review_sr_uid=review_sr.object_uid,
             sequence=sequence,
+            fields_viewed=list(viewed),
+            diagnostic_field=diagnostic,
         )
         return made
+
+
+def slide_regions(
+    source: pydicom.Dataset,
+    prediction: PredictionRecord,
+    result: AIResult,
+    viewed: Sequence[int],
+    diagnostic: int | None,
+) -> dict[str, Any]:
+    """``build_review_sr``'s extra arguments for a whole slide: a 3D SR (as the AI's) with the examined fields;
+    {} for a camera image."""
+    import highdicom as hd
+
+    from cds_daemon.reports.result import AIResult
+    from cds_daemon.reports.slide_sr import SlideFinding, SlideFrame, examined_field_groups
+
+    fields = slide_fields(prediction)
+    if not fields:
+        return {}
+    slide = prediction.detail["slide"]
+    frame = SlideFrame(
+        int(slide["width"]),
+        int(slide["height"]),
+        float(slide["mpp"]),
+        tuple(slide.get("origin_mm") or (0.0, 0.0)),
+        tuple(float(v) for v in slide.get("orientation") or (0, -1, 0, -1, 0, 0)),
+        slide.get("frame_of_reference_uid"),
+    )
+    examined = {}
+    for number in viewed:
+        f = fields[number - 1]
+        probabilities = tuple(float(p) for p in f.get("probabilities") or ())
+        field_result = AIResult(
+            classes=result.classes,
+            display_names=result.display_names,
+            probabilities=probabilities,
+            predicted=str(f.get("predicted") or ""),
+            conformal_set=(),
+            referred=bool(f.get("referred")),
+            reasons=tuple(f.get("reasons") or ()),
+            reason_texts=(),
+            model_name=result.model_name,
+            model_version=result.model_version,
+            model_sha256=result.model_sha256,
+            cam=None,
+        )
+        box = tuple(int(v) for v in f["box"])
+        examined[number] = SlideFinding(box, f.get("z"), field_result)  # type: ignore[arg-type]
+    document = hd.sr.Comprehensive3DSR if frame.frame_of_reference_uid else hd.sr.ComprehensiveSR
+    groups = examined_field_groups(source, frame, result, examined, diagnostic)
+    return {"regions": groups, "document": document}

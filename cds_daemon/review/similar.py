@@ -36,7 +36,7 @@ class _Loaded:
 
     version: int
     rows: list[Confirmed]
-    uids: frozenset[str]
+    by_uid: dict[str, Confirmed]
     centre: np.ndarray  # (D,)
     unit: np.ndarray  # (N, D)
 
@@ -56,7 +56,7 @@ class SimilarIndex:
         rows = self.store.confirmed(model_sha256)
         matrix = np.stack([np.frombuffer(r.vector, dtype=np.float32) for r in rows]) if rows else np.zeros((0, 1))
         centre = centre_of(matrix)
-        loaded = _Loaded(version, rows, frozenset(r.sop_instance_uid for r in rows), centre, _unit(matrix - centre))
+        loaded = _Loaded(version, rows, {r.sop_instance_uid: r for r in rows}, centre, _unit(matrix - centre))
         with self._lock:
             self._cache[model_sha256] = loaded
         return loaded
@@ -84,8 +84,14 @@ class SimilarIndex:
 
     def is_confirmed(self, sop_instance_uid: str) -> bool:
         """Whether an image is one the index may show (a reviewer's category, features on file)."""
+        return self.confirmed_row(sop_instance_uid) is not None
+
+    def confirmed_row(self, sop_instance_uid: str) -> Confirmed | None:
+        """The image's confirmed row (its latest decision), if the index may show it."""
         found = self.store.embedding(sop_instance_uid)
-        return found is not None and sop_instance_uid in self._load(found[0]).uids
+        if found is None:
+            return None
+        return self._load(found[0]).by_uid.get(sop_instance_uid)
 
 
 def centre_of(matrix: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ The durable file spools (received images, result objects) are in :mod:`cds_daemo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from cds_daemon.store.records import (
     WorklistItem,
 )
 from cds_daemon.store.similar import Confirmed, SimilarStore
+from cds_daemon.store.slides import SlideField
 from cds_daemon.store.statistics import StatisticsStore
 from cds_daemon.store.users import UserStore
 from cds_daemon.store.worklist import WorklistStore
@@ -53,6 +55,7 @@ __all__ = [
     "PoolRow",
     "PredictionRecord",
     "SiteRule",
+    "SlideField",
     "StateError",
     "Store",
     "StoreUnavailable",
@@ -108,10 +111,12 @@ class Store(
         case_due_at: str | None = None,
         embedding: bytes | None = None,
         parts: tuple[str, ...] = (),
+        slide_fields: Sequence[SlideField] = (),
     ) -> None:
         """Prediction, its outbox rows and ``processing -> reported``: all or nothing.
 
-        ``parts``: for a whole slide, its other levels the analysis read; they are reported with it.
+        ``parts``: for a whole slide, its other levels the analysis read; they are reported with it;
+        ``slide_fields``: its analysed fields' features and Grad-CAMs (the review page's).
 
         Re-running an instance replaces its prediction and re-queues its objects (their UIDs
         are deterministic, so the PACS receives replacements, not duplicates). ``audit``: a finalised
@@ -134,6 +139,8 @@ class Store(
             self._case_touch(db, sop_instance_uid, case_due_at)
             if embedding is not None:
                 self._save_embedding(db, sop_instance_uid, p.model_sha256, embedding)
+            if slide_fields:
+                self._save_slide_fields(db, sop_instance_uid, p.model_sha256, slide_fields)
 
     @contextmanager
     def deciding(self, sop_instance_uid: str) -> Iterator[DecisionSlot]:
@@ -162,6 +169,8 @@ class Store(
         review_sr: OutputObject | None,
         destinations: list[str],
         actor: str | None = None,
+        fields_viewed: Sequence[int] = (),
+        diagnostic_field: int | None = None,
     ) -> Decision:
         """Store a reviewer's decision (the next in sequence for the image) and queue its verified SR."""
         with self.deciding(sop_instance_uid) as slot:
@@ -175,6 +184,8 @@ class Store(
                 review_sr=review_sr,
                 destinations=destinations,
                 actor=actor,
+                fields_viewed=fields_viewed,
+                diagnostic_field=diagnostic_field,
             )
 
     def _record_decision(
@@ -192,9 +203,12 @@ class Store(
         review_sr: OutputObject | None,
         destinations: list[str],
         actor: str | None = None,
+        fields_viewed: Sequence[int] = (),
+        diagnostic_field: int | None = None,
     ) -> Decision:
         """The decision row, its SR in the outbox, its pool row (shadow mode) and the case closed when every
-        image is decided: one transaction."""
+        image is decided: one transaction. A slide's ``diagnostic_field`` becomes the slide's example among the
+        similar cases (its features replace the slide's)."""
         now = timestamp()
         member = db.execute(
             "SELECT 1 FROM worklist_images WHERE worklist_id = ? AND sop_instance_uid = ?",
@@ -204,7 +218,8 @@ class Store(
             raise StateError(f"image {sop_instance_uid} is not in worklist item {worklist_id}")
         decision_id = db.execute(
             "INSERT INTO decisions (worklist_id, sop_instance_uid, reviewer, decision, ai_class, final_class,"
-            " comment, review_sr_uid, decided_at, sequence) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            " comment, review_sr_uid, decided_at, sequence, fields_viewed, diagnostic_field)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 worklist_id,
                 sop_instance_uid,
@@ -216,8 +231,12 @@ class Store(
                 review_sr.object_uid if review_sr else None,
                 now,
                 sequence,
+                json.dumps(sorted(set(fields_viewed))) if fields_viewed else None,
+                diagnostic_field,
             ),
         ).fetchone()[0]
+        if diagnostic_field is not None:
+            self._diagnostic_example(db, sop_instance_uid, diagnostic_field)
         if review_sr is not None:
             self._queue(db, sop_instance_uid, review_sr, destinations, now, replace=False)
         pooled = self._pool_add(db, sop_instance_uid, decision_id, final_class, now)
@@ -241,6 +260,8 @@ class Store(
                 "final_class": final_class,
                 "sequence": sequence,
                 "calibration_pool": pooled,
+                **({"fields_viewed": sorted(set(fields_viewed))} if fields_viewed else {}),
+                **({"diagnostic_field": diagnostic_field} if diagnostic_field is not None else {}),
             },
         )
         row = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()

@@ -122,6 +122,8 @@ class Decision:
     review_sr_uid: str | None
     decided_at: str
     sequence: int | None = None  # 1, 2, ... per image: the review SR's instance number
+    fields_viewed: str | None = None  # a slide's: JSON list of the field numbers the reviewer opened
+    diagnostic_field: int | None = None  # a slide's: the field the reviewer marked as diagnostic
 
 
 @dataclass(frozen=True)

@@ -304,4 +304,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX slides_due ON slides (due_at);
     CREATE INDEX slides_representative ON slides (representative);
     """,
+    # Reviewing slides: each analysed field of a slide (numbered as in its SR, from 1) with its pooled backbone
+    # features (similar cases: a slide is found by its top fields) and its Grad-CAM (uint8, rows x columns:
+    # the review page draws the heatmap without the model); a slide decision records the fields the reviewer
+    # opened and the one they marked as diagnostic. Additive: min_reader stays.
+    """
+    CREATE TABLE slide_fields (
+        sop_instance_uid TEXT NOT NULL REFERENCES instances (sop_instance_uid),
+        field_number INTEGER NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        vector BLOB,
+        cam BLOB,
+        cam_rows INTEGER NOT NULL DEFAULT 0,
+        cam_columns INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sop_instance_uid, field_number)
+    );
+    ALTER TABLE decisions ADD COLUMN fields_viewed TEXT;
+    ALTER TABLE decisions ADD COLUMN diagnostic_field INTEGER;
+    """,
 )

@@ -17,6 +17,7 @@ class Confirmed:
     reviewer: str
     decided_at: str
     vector: bytes
+    diagnostic_field: int | None = None  # a slide's: the field its reviewer marked (its features stand for it)
 
 
 class SimilarStore(StoreBase):
@@ -47,11 +48,23 @@ class SimilarStore(StoreBase):
         """Images with a reviewer's category (confirm or change; their latest decision) and features of this model."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT d.sop_instance_uid, i.case_key, d.final_class, d.reviewer, d.decided_at, e.vector"
+                "SELECT d.sop_instance_uid, i.case_key, d.final_class, d.reviewer, d.decided_at, e.vector,"
+                " d.diagnostic_field"
                 " FROM decisions d JOIN embeddings e ON e.sop_instance_uid = d.sop_instance_uid"
                 " JOIN instances i ON i.sop_instance_uid = d.sop_instance_uid"
                 " WHERE e.model_sha256 = ? AND d.final_class IS NOT NULL AND d.id = (SELECT MAX(d2.id)"
                 " FROM decisions d2 WHERE d2.sop_instance_uid = d.sop_instance_uid) ORDER BY d.id",
                 (model_sha256,),
             ).fetchall()
-        return [Confirmed(str(r[0]), str(r[1] or ""), str(r[2]), str(r[3]), str(r[4]), bytes(r[5])) for r in rows]
+        return [
+            Confirmed(
+                str(r[0]),
+                str(r[1] or ""),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                bytes(r[5]),
+                None if r[6] is None else int(r[6]),
+            )
+            for r in rows
+        ]

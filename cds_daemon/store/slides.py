@@ -9,9 +9,23 @@ reported (and later delivered) with it; a level that arrives later makes the sli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from cds_daemon.common.clock import timestamp
 from cds_daemon.store.database import Session, StoreBase
 from cds_daemon.store.records import Instance
+
+
+@dataclass(frozen=True)
+class SlideField:
+    """One analysed field of a slide: its number (as in the slide SR), features and Grad-CAM (uint8 bytes)."""
+
+    number: int
+    vector: bytes | None
+    cam: bytes | None
+    cam_rows: int
+    cam_columns: int
 
 
 class SlideStore(StoreBase):
@@ -73,3 +87,54 @@ class SlideStore(StoreBase):
                 "UPDATE instances SET state = 'delivered', updated_at = ? WHERE sop_instance_uid = ?", (now, uid)
             )
             self._audit(db, actor, "state:reported->delivered", uid, f"slide level of {representative}")
+
+    @staticmethod
+    def _save_slide_fields(db: Session, uid: str, model_sha256: str, fields: Sequence[SlideField]) -> None:
+        db.execute("DELETE FROM slide_fields WHERE sop_instance_uid = ?", (uid,))
+        for f in fields:
+            db.execute(
+                "INSERT INTO slide_fields (sop_instance_uid, field_number, model_sha256, vector, cam, cam_rows,"
+                " cam_columns) VALUES (?,?,?,?,?,?,?)",
+                (uid, f.number, model_sha256, f.vector, f.cam, f.cam_rows, f.cam_columns),
+            )
+
+    def slide_fields(self, sop_instance_uid: str) -> list[SlideField]:
+        """The analysed fields of the slide that ``sop_instance_uid`` represents, by number."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT field_number, vector, cam, cam_rows, cam_columns FROM slide_fields"
+                " WHERE sop_instance_uid = ? ORDER BY field_number",
+                (sop_instance_uid,),
+            ).fetchall()
+        return [
+            SlideField(
+                int(r[0]),
+                None if r[1] is None else bytes(r[1]),
+                None if r[2] is None else bytes(r[2]),
+                int(r[3]),
+                int(r[4]),
+            )
+            for r in rows
+        ]
+
+    def slide_of_series(self, series_instance_uid: str) -> tuple[str, list[Instance]] | None:
+        """(representative, levels) of the analysed slide in this series; None when there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT s.slide_key, s.representative FROM slides s JOIN instances i ON i.slide_key = s.slide_key"
+                " WHERE i.series_instance_uid = ? AND s.representative IS NOT NULL ORDER BY s.updated_at DESC LIMIT 1",
+                (series_instance_uid,),
+            ).fetchone()
+        if row is None:
+            return None
+        return str(row[1]), self.slide_parts(str(row[0]))
+
+    @staticmethod
+    def _diagnostic_example(db: Session, uid: str, number: int) -> None:
+        """The slide's features become its diagnostic field's: what similar cases compare with."""
+        db.execute(
+            "UPDATE embeddings SET vector = (SELECT f.vector FROM slide_fields f WHERE f.sop_instance_uid = ?"
+            " AND f.field_number = ?) WHERE sop_instance_uid = ? AND EXISTS (SELECT 1 FROM slide_fields f"
+            " WHERE f.sop_instance_uid = ? AND f.field_number = ? AND f.vector IS NOT NULL)",
+            (uid, number, uid, uid, number),
+        )

@@ -73,6 +73,16 @@ class WorklistStore(StoreBase):
             row = self._db.execute("SELECT * FROM worklist WHERE id = ?", (item_id,)).fetchone()
             return self._worklist_item(self._db, row) if row else None
 
+    def worklist_item_of(self, sop_instance_uid: str) -> WorklistItem | None:
+        """The latest worklist item that holds this image."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT w.* FROM worklist w JOIN worklist_images wi ON wi.worklist_id = w.id"
+                " WHERE wi.sop_instance_uid = ? ORDER BY w.id DESC LIMIT 1",
+                (sop_instance_uid,),
+            ).fetchone()
+            return self._worklist_item(self._db, row) if row else None
+
     def worklist_counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM worklist GROUP BY status").fetchall()

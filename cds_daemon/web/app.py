@@ -40,8 +40,9 @@ from cds_daemon.review.jobs import age_text
 from cds_daemon.review.service import ReviewError, ReviewService
 from cds_daemon.review.similar import SimilarIndex
 from cds_daemon.store import Store, StoreUnavailable, WorklistItem
-from cds_daemon.web import imaging, plots, present
+from cds_daemon.web import imaging, plots, present, slide_view
 from cds_daemon.web.security import (
+    MEDIA_SUFFIXES,
     SessionRegistry,
     admin_required,
     csrf_ok,
@@ -52,6 +53,7 @@ from cds_daemon.web.security import (
     safe_next,
     secure_headers,
 )
+from cds_daemon.web.slide_tiles import SlideTiles
 
 if TYPE_CHECKING:
     from cds_daemon.analysis.engine import Engine
@@ -83,9 +85,11 @@ class WebContext:
     thumbnails: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
     similar: SimilarIndex = field(init=False)
     heatmaps: imaging.ImageCache = field(default_factory=lambda: imaging.ImageCache(64))
+    tiles: SlideTiles = field(init=False)
     _rules: BundleRules | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.tiles = SlideTiles(self.settings.web_scratch, cache_bytes=self.settings.web.slide_cache_mb * 2**20)
         self.registry = SessionRegistry(self.store, self.settings.web.session_minutes * 60)
         self.similar = SimilarIndex(self.store)
         free = self.settings.web.max_failed_logins
@@ -149,6 +153,14 @@ def _source_path(ctx: WebContext, item: WorklistItem, uid: str) -> Path:
     return Path(instance.spool_path)
 
 
+def _numbers(text: str, most: int = 1000) -> list[int]:
+    """Field numbers from a form ("3,1,7"); anything else is a malformed request."""
+    parts = [p for p in text.replace(" ", "").split(",") if p][:most]
+    if not all(p.isdigit() and len(p) <= 6 for p in parts):
+        abort(400, description="Malformed field numbers.")
+    return [int(p) for p in parts]
+
+
 def _png(data: bytes) -> Response:
     return Response(data, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
@@ -185,7 +197,7 @@ def create_app(ctx: WebContext) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _error(exc: HTTPException) -> Any:
-        if request.path.endswith(".png") or exc.code is None:
+        if request.path.endswith(MEDIA_SUFFIXES) or exc.code is None:
             return exc
         if exc.code == 403:
             _audit(_actor(), "web:forbidden", None, path=request.path)
@@ -200,6 +212,7 @@ def create_app(ctx: WebContext) -> Flask:
     _register_case(app, ctx)
     _register_admin(app, ctx)
     _register_calibration(app, ctx)
+    slide_view.register(app, ctx, _audit)
     return app
 
 
@@ -317,8 +330,14 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
         )
         upcoming = _next_item(ctx, item.id, g.user.username)
         similar = ctx.similar.neighbours(uid, SIMILAR_K, exclude_case=item.case_key)
+        slide = (
+            None if prediction is None else slide_view.slide_context(ctx, uid, prediction, labels, present.reason_label)
+        )
+        if slide is not None:
+            heatmap = bool(ctx.store.slide_fields(uid))  # the fields' stored Grad-CAMs, no model needed
         return render_template(
-            "case.html",
+            "slide.html" if slide is not None else "case.html",
+            slide=slide,
             similar=similar,
             item=item,
             panel=panel,
@@ -336,9 +355,12 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
     def similar_image(uid: str) -> Any:
         """A reviewer-confirmed image shown as a similar case (no other image is served this way)."""
         instance = ctx.store.get_instance(uid)
-        if not ctx.similar.is_confirmed(uid) or instance is None or not instance.on_disk:
+        confirmed = ctx.similar.confirmed_row(uid)
+        if confirmed is None or instance is None or not instance.on_disk:
             abort(404)
         _audit(g.user.username, "web:view-similar", uid)
+        if instance.slide_key is not None:  # a slide: its diagnostic field, else its most suspicious one
+            return _png(ctx.thumbnails.get_or_make(f"similar:{uid}", lambda: slide_view.example_png(ctx, confirmed)))
         return _png(
             ctx.thumbnails.get_or_make(uid, functools.partial(imaging.thumbnail_png, Path(instance.spool_path)))
         )
@@ -388,6 +410,8 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
             and not (item.status == "in_review" and item.assignee is not None)
         ):
             ctx.store.worklist_assign(item.id, g.user.username)  # deciding takes an unclaimed case
+        viewed = _numbers(request.form.get("fields_viewed", ""))
+        diagnostic = _numbers(request.form.get("diagnostic_field", ""))
         try:
             ctx.review.decide(
                 item.id,
@@ -396,6 +420,8 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
                 images=targets,
                 final_class=final_class or None,
                 comment=request.form.get("comment"),
+                fields_viewed=viewed,
+                diagnostic_field=diagnostic[0] if diagnostic else None,
             )
         except ReviewError as exc:
             flash(str(exc), "error")

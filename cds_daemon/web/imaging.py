@@ -73,6 +73,12 @@ def png(array: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(array: np.ndarray, quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def heatmap_rgba(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """CAM in [0, 1] -> opaque RGBA of ``size`` (width, height) in the archived heatmap's colours.
 

@@ -119,11 +119,15 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+#: Requests of the page's images and tiles: answered 401 (not the login page) without a login.
+MEDIA_SUFFIXES = (".png", ".jpeg", ".dzi")
+
+
 def login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if g.user is None:
-            if request.method == "GET" and not request.path.endswith(".png"):
+            if request.method == "GET" and not request.path.endswith(MEDIA_SUFFIXES):
                 return redirect(url_for("login", next=request.full_path.rstrip("?")))
             abort(401)
         return view(*args, **kwargs)

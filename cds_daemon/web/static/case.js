@@ -1,4 +1,4 @@
-// Case view: zoom/pan viewer, heatmap layer, keyboard shortcuts. No dependencies.
+// Image view: zoom/pan viewer, heatmap layer, its keys (decide.js has the decisions). No dependencies.
 (function () {
   "use strict";
   const viewer = document.getElementById("viewer");
@@ -10,17 +10,7 @@
   const opacityValue = document.getElementById("heat-opacity-value");
   const zoomLevel = document.getElementById("zoom-level");
   const legend = document.getElementById("legend");
-  const form = document.getElementById("decide-form");
   const view = { scale: 1, x: 0, y: 0, min: 0.05, max: 16 };
-
-  const flashes = document.querySelector(".flashes");
-  if (flashes && !flashes.querySelector(".flash-error")) {
-    window.setTimeout(function () { flashes.classList.add("fade"); }, 3500);
-  }
-
-  document.querySelectorAll("[data-pct]").forEach(function (el) {
-    el.style.width = el.dataset.pct + "%";
-  });
 
   function apply() {
     stage.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
@@ -108,48 +98,13 @@
     showHeat(localStorage.getItem("cds.heat") === "1");
   }
 
-  // Decisions: one submit per page, whatever is pressed twice.
-  let submitted = false;
-  if (form) {
-    form.addEventListener("submit", function (e) {
-      if (submitted) { e.preventDefault(); return; }
-      submitted = true;
-      form.classList.add("submitting");
-    });
-  }
-  function press(selector) {
-    const button = form && form.querySelector(selector);
-    if (button && !button.disabled) { button.click(); }
-  }
-  function go(selector) {
-    const link = document.querySelector(selector);
-    if (link) { window.location.href = link.href; }
-  }
-
-  document.addEventListener("keydown", function (e) {
-    const t = e.target;
-    if (e.ctrlKey || e.metaKey || e.altKey) { return; }
-    if (t && (t.tagName === "TEXTAREA" || t.tagName === "INPUT" && t.type !== "checkbox" && t.type !== "range")) {
-      if (e.key === "Escape") { t.blur(); }
-      return;
-    }
-    const k = e.key;
-    if (k === "c" || k === "C") { press("#btn-confirm"); }
-    else if (k === "n" || k === "N") { press("#btn-nondx"); }
-    else if (/^[1-9]$/.test(k)) { press('.btn-change[data-key="' + k + '"]'); }
-    else if ((k === "h" || k === "H") && heat) { showHeat(!toggle.checked); }
+  window.CDSReview.onKey(function (k) {
+    if ((k === "h" || k === "H") && heat) { showHeat(!toggle.checked); }
     else if (k === "f" || k === "F") { fit(); }
     else if (k === "0") { actualPixels(); }
     else if (k === "+" || k === "=") { zoomCentre(1.25); }
     else if (k === "-") { zoomCentre(0.8); }
-    else if (k === "]") { go(".thumb.current + .thumb"); }
-    else if (k === "[") {
-      const current = document.querySelector(".thumb.current");
-      if (current && current.previousElementSibling) { window.location.href = current.previousElementSibling.href; }
-    }
-    else if (k === "ArrowRight" && e.shiftKey === false && document.activeElement !== viewer) { go("#next-case"); }
-    else if (k === "Escape") { go(".back"); }
-    else { return; }
-    e.preventDefault();
+    else { return false; }
+    return true;
   });
 })();
