@@ -183,6 +183,8 @@ def _cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
             final_class=args.final_class,
             comment=args.comment,
             actor=f"cli:{getpass.getuser()}",
+            fields_viewed=args.field or (),
+            diagnostic_field=args.diagnostic_field,
         )
     except ReviewError as exc:
         print(f"cds-daemon: {exc}", file=sys.stderr)
@@ -312,6 +314,10 @@ def add_parsers(sub: Any) -> None:
     decide.add_argument("--decision", choices=list(ReviewDecision), required=True)
     decide.add_argument("--class", dest="final_class", help="the reviewer's class for --decision change")
     decide.add_argument("--comment")
+    decide.add_argument(
+        "--field", type=int, action="append", help="a whole slide's field the reviewer examined (number, repeatable)"
+    )
+    decide.add_argument("--diagnostic-field", type=int, help="the slide's field the reviewer marks as diagnostic")
     decide.add_argument("--reviewer", required=True, help="an existing, active user name")
     decide.add_argument("--token", help="from 'user token' (or $CDS_REVIEW_TOKEN); else the password is asked")
     decide.add_argument("--password-stdin", action="store_true", help="read the reviewer's password from stdin")

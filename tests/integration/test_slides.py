@@ -24,6 +24,7 @@ from cds_daemon.common.manifest import read_manifest
 from cds_daemon.reports.uids import derived_uid
 from dicom_fixtures.smear import make_smear
 from dicom_fixtures.wsm import BROKEN_SLIDES, write_broken_slide
+from tests.integration.test_browser import PASSWORD, _cli
 from tests.support.processes import DaemonProcess, OrthancProcess, echoscu, send_raw, storescu
 from tests.support.slides import dicomize_with_orthanc, hit_rate, write_slide
 from tests.support.waiting import wait_until
@@ -162,6 +163,31 @@ def test_third_party_slides_are_analysed(
         if len(kinds) < len(KINDS):
             assert orthanc.instance_id(derived_uid(uid, version, "ann")) is None
             assert orthanc.instance_id(derived_uid(uid, version, "pm")) is None
+        _decided_with_fields(daemon, orthanc, uid, version, region, tmp_path)
+
+
+def _decided_with_fields(
+    daemon: DaemonProcess, pacs: OrthancProcess, uid: str, version: str, region: type, out: Path
+) -> None:
+    """A decision from the command line naming examined fields 2 and 1 (diagnostic): the verified SR holds
+    them as regions of the slide SR's kind (3D with a Frame of Reference, 2D without); dciodvfy finds no error."""
+    if _cli(daemon, "user", "list").stdout.find("dr.lee") < 0:
+        added = _cli(daemon, "user", "add", "dr.lee", "--password-stdin", stdin=PASSWORD)
+        assert added.returncode == 0, added.stderr
+    items = json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"]
+    (item,) = [i for i in items if i["images"] == [uid]]
+    args = ("--field", "2", "--field", "1", "--diagnostic-field", "1", "--reviewer", "dr.lee", "--password-stdin")
+    made = _cli(daemon, "worklist", "decide", "--item", str(item["id"]), "--decision", "confirm", *args, stdin=PASSWORD)
+    assert made.returncode == 0, made.stderr
+    orthanc_id = wait_until(lambda: pacs.instance_id(derived_uid(uid, version, "review-sr:1")), 60, "the review SR")
+    data = pacs.file(str(orthanc_id))
+    groups = hd.sr.srread(io.BytesIO(data)).content.get_planar_roi_measurement_groups()
+    assert [g.tracking_uid for g in groups] == [derived_uid(uid, version, f"field:{n}") for n in (1, 2)]
+    assert all(isinstance(g.roi, region) for g in groups)
+    path = out / f"review-{uid}.dcm"
+    path.write_bytes(data)
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    assert not [ln for ln in check.stderr.splitlines() if ln.startswith("Error")], check.stderr
 
 
 def test_an_empty_slide_ends_as_not_analysed(

@@ -100,3 +100,43 @@ def test_a_reviewed_slide_joins_the_slide_pool_not_the_fields_pool(store_target:
     )
     assert store.pool("0" * 64) == []
     assert [r.sop_instance_uid for r in store.pool("slide:" + "0" * 64)] == ["1.6.1"]
+
+
+def test_a_slides_fields_are_kept_and_its_diagnostic_field_becomes_its_example(store_target: str | Path) -> None:
+    """Each field's features and Grad-CAM are stored with the slide; a decision records the examined fields, and
+    the field marked diagnostic replaces the slide's features among similar cases (its top fields' mean)."""
+    import numpy as np
+
+    from cds_daemon.store import SlideField
+
+    store = Store(store_target)
+    store.record_received(_level("1.5.1", "1.5/1.5.0"), actor="T", slide_due_at=timestamp_in(-1))
+    assert store.claim_next(actor="w") is not None
+    vectors = [np.full(4, float(n), np.float32) for n in (1, 2, 3)]
+    fields = [SlideField(n, v.tobytes(), bytes([n] * 6), 2, 3) for n, v in enumerate(vectors, start=1)]
+    mean = np.mean(vectors[:2], axis=0).astype(np.float32).tobytes()
+    store.record_result("1.5.1", RECORD, [], [], actor="w", embedding=mean, slide_fields=fields)
+    assert store.slide_fields("1.5.1") == fields
+    assert store.embedding("1.5.1") == ("0" * 64, mean)
+    representative, parts = store.slide_of_series("1.5")  # type: ignore[misc]
+    assert representative == "1.5.1" and [p.sop_instance_uid for p in parts] == ["1.5.1"]
+    assert store.slide_of_series("9.9") is None
+    (item,) = store.worklist()
+    assert store.worklist_item_of("1.5.1") == item
+    made = store.record_decision(
+        worklist_id=item.id,
+        sop_instance_uid="1.5.1",
+        reviewer="rev",
+        decision="confirm",
+        ai_class="malignant",
+        final_class="malignant",
+        comment=None,
+        review_sr=None,
+        destinations=[],
+        fields_viewed=[3, 1, 3],
+        diagnostic_field=3,
+    )
+    assert made.fields_viewed == "[1, 3]" and made.diagnostic_field == 3
+    assert store.embedding("1.5.1") == ("0" * 64, vectors[2].tobytes())
+    (confirmed,) = store.confirmed("0" * 64)
+    assert confirmed.diagnostic_field == 3
