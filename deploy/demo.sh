@@ -62,6 +62,7 @@ rm -rf var/demo var/data
 mkdir -p var/demo/orthanc var/demo/samples/explicit var/demo/samples/jpeg
 # A slide is analysed once none of its levels has arrived for slides.quiet_s (120 s installed): 5 s here.
 export CDS_SLIDES__QUIET_S=${CDS_SLIDES__QUIET_S:-5}
+export CDS_WEB__WSI_VIEWER_URL=${CDS_WEB__WSI_VIEWER_URL:-"http://127.0.0.1:8042/wsi/app/viewer.html?series={orthanc_series_id}"}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -111,6 +112,7 @@ fi
 echo "demo: all 6 images and the slide analysed and their results delivered to the PACS"
 echo "demo: the review page (the cytopathologist's worklist of referred cases, and Site calibration for admins):"
 echo "        http://127.0.0.1:8043/   sign in as '$DEMO_USER' with password '$DEMO_PASSWORD'"
+echo "      the slide is a case there too: its slide view pans and zooms over the smear with the AI's fields"
 echo "      this demo finalises with the bundle's own rule; an installation starts in shadow mode and a site"
 echo "      certifies its own rule on its reviewed cases (cds-daemon calibration status; docs/operations.md)"
 

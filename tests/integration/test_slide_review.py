@@ -122,7 +122,10 @@ def test_a_reviewer_reviews_a_slide_in_the_browser_and_the_verified_sr_reaches_o
 
     first = fields[0]
     number = int(first.get_attribute("data-number"))
-    first.click()  # the most suspicious field: its own view
+    first.click()  # the most suspicious field: the slide zooms to it
+    assert "selected" in first.get_attribute("class")
+    assert not d.find_element(By.ID, "field-view").is_displayed()
+    first.click()  # again: its own view
     wait_until(
         lambda: d.execute_script("return document.getElementById('field-image').naturalWidth") > 0, 30, "the field"
     )

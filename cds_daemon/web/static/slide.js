@@ -199,8 +199,12 @@
   }
   document.getElementById("btn-diagnostic").addEventListener("click", toggleDiagnostic);
 
+  // A click zooms the slide to the field; a second click on it (or Enter, or a double click) opens it.
   items.forEach(function (item, index) {
-    item.addEventListener("click", function () { openField(index); });
+    item.addEventListener("click", function () {
+      if (selected === index) { openField(index); } else { select(index, true); }
+    });
+    item.addEventListener("dblclick", function () { openField(index); });
   });
 
   document.getElementById("zoom-in").addEventListener("click", function () { viewer.viewport.zoomBy(1.5); });
@@ -211,7 +215,7 @@
     if (k === "Escape" && !panel.hidden) { closeField(); }
     else if (k === "j" || k === "J") { select(Math.min(items.length - 1, selected + 1), true); }
     else if (k === "k" || k === "K") { select(Math.max(0, selected - 1), true); }
-    else if (k === "Enter" && selected >= 0 && document.activeElement.tagName !== "BUTTON") { openField(selected); }
+    else if (k === "Enter" && selected >= 0 && !document.activeElement.classList.contains("field-item")) { openField(selected); }
     else if ((k === "d" || k === "D") && !panel.hidden) { toggleDiagnostic(); }
     else if (k === "r" || k === "R") { showFields(!fieldsToggle.checked); }
     else if ((k === "h" || k === "H") && el.dataset.heatmap) { showHeat(!heatToggle.checked); }
