@@ -22,6 +22,7 @@ from cds_daemon.common.manifest import read_manifest
 from cds_daemon.reports.uids import derived_uid
 from dicom_fixtures.synth import make_bad_field, make_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
+from tests.support.browser import sign_in
 from tests.support.processes import REPO, DaemonProcess, OrthancProcess, free_port, storescu, wait_for_port
 from tests.support.waiting import wait_until
 
@@ -164,11 +165,7 @@ def test_a_case_decided_at_once_shows_as_similar_confirmed_cases_in_the_next_cas
     (first,) = wait_until(lambda: _open_items(daemon, 3), 120, "the first case in the worklist")
 
     d = browser
-    d.get(f"http://127.0.0.1:{web_port}/login")
-    d.find_element(By.ID, "username").send_keys("dr.ana")
-    d.find_element(By.ID, "password").send_keys(PASSWORD)
-    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
-    wait_until(lambda: "/worklist" in d.current_url, 30, "the worklist")
+    sign_in(d, f"http://127.0.0.1:{web_port}", "dr.ana", PASSWORD)
     d.get(f"http://127.0.0.1:{web_port}/case/{first['id']}")
     assert "None yet" in d.page_source  # nothing confirmed so far
     d.find_element(By.ID, "scope-case").click()
@@ -224,11 +221,7 @@ def test_an_admin_certifies_and_activates_a_site_rule_in_the_browser(
     assert added.returncode == 0, added.stderr
 
     d = browser
-    d.get(f"http://127.0.0.1:{web_port}/login")
-    d.find_element(By.ID, "username").send_keys("boss")
-    d.find_element(By.ID, "password").send_keys(PASSWORD)
-    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
-    wait_until(lambda: "/worklist" in d.current_url, 30, "the worklist")
+    sign_in(d, f"http://127.0.0.1:{web_port}", "boss", PASSWORD)
     assert "no site rule is active" in d.find_element(By.ID, "triage-banner").text
     d.get(f"http://127.0.0.1:{web_port}/admin/calibration")
     assert d.find_element(By.ID, "pool-size").text == "542"

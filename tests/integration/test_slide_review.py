@@ -25,6 +25,7 @@ import pytest
 from cds_daemon.common.manifest import read_manifest
 from cds_daemon.reports.uids import derived_uid
 from tests.integration.test_browser import FAST_EGRESS, PASSWORD, _cli
+from tests.support.browser import sign_in
 from tests.support.processes import REPO, DaemonProcess, OrthancProcess, free_port, storescu, wait_for_port
 from tests.support.slides import write_slide
 from tests.support.waiting import wait_until
@@ -78,11 +79,7 @@ def test_a_reviewer_reviews_a_slide_in_the_browser_and_the_verified_sr_reaches_o
     assert _get(dzi, None)[0] == 401, "tiles need a login"
 
     d = browser
-    d.get(f"{base}/login")
-    d.find_element(By.ID, "username").send_keys("dr.ana")
-    d.find_element(By.ID, "password").send_keys(PASSWORD)
-    d.find_element(By.CSS_SELECTOR, ".login-card button[type=submit]").click()
-    wait_until(lambda: "/worklist" in d.current_url, 30, "the worklist")
+    sign_in(d, base, "dr.ana", PASSWORD)
     d.get(f"{base}/case/{case['id']}")
     assert d.find_element(By.ID, "slide-viewer")
 
