@@ -41,7 +41,7 @@ def _check_data_dir(path: Path) -> tuple[bool, str]:
 
 
 def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from cds_daemon.egress import dicomweb
+    from cds_daemon.egress import dicomweb, mllp
     from cds_daemon.egress.peers import echo
 
     results: list[dict[str, object]] = [{"check": "config", "ok": True, "detail": "configuration is valid"}]
@@ -64,11 +64,12 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             results.append({"check": "model_bundle", "ok": False, "detail": str(exc)})
     results.append(_triage_check(settings))
     for dest in [] if args.offline else settings.destinations:
-        res = (
-            dicomweb.check(dest, timeout_s=args.timeout)
-            if dest.kind == "dicomweb"
-            else echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
-        )
+        if dest.kind == "dicomweb":
+            res = dicomweb.check(dest, timeout_s=args.timeout)
+        elif dest.kind == "hl7":
+            res = mllp.check(dest, timeout_s=args.timeout)
+        else:
+            res = echo(dest, settings.listener.ae_title, timeout_s=args.timeout)
         results.append(
             {
                 "check": f"destination:{dest.name}",

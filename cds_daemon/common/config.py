@@ -173,12 +173,16 @@ class ListenerSettings(_Section):
         return self.max_dataset_mb_by_sop_class.get(sop_class_uid, self.max_dataset_mb)
 
 
+HL7Name = Annotated[str, Field(min_length=1, max_length=180, pattern=r"^[^|^~\\&\r\n]+$")]
+
+
 class Destination(_Section):
     """A PACS (or other archive) that receives our reports: by C-STORE (``kind = "dimse"``: AE title, host
-    and port) or by STOW-RS (``kind = "dicomweb"``: the DICOMweb base URL)."""
+    and port) or by STOW-RS (``kind = "dicomweb"``: the DICOMweb base URL); or a laboratory information
+    system that receives the results as HL7 v2.5.1 messages over MLLP (``kind = "hl7"``: host and port)."""
 
     name: str = Field(min_length=1)
-    kind: Literal["dimse", "dicomweb"] = "dimse"
+    kind: Literal["dimse", "dicomweb", "hl7"] = "dimse"
     ae_title: AETitle | None = None
     host: str | None = Field(None, min_length=1)
     port: int | None = Field(None, ge=1, le=65535)
@@ -192,10 +196,20 @@ class Destination(_Section):
         description="ask for storage commitment after each batch; an object is delivered only once committed "
         "(the PACS must know our AE title, host and port to send its report)",
     )
+    sending_application: HL7Name = Field("THYROID_CDS", description="HL7: MSH-3")
+    sending_facility: HL7Name = Field("CDS", description="HL7: MSH-4")
+    receiving_application: HL7Name = Field("LIS", description="HL7: MSH-5")
+    receiving_facility: HL7Name = Field("LAB", description="HL7: MSH-6")
+    message: Literal["ORU^R01"] = Field("ORU^R01", description="HL7: the result message type")
 
     @model_validator(mode="after")
     def _addressed(self) -> Destination:
-        if self.kind == "dimse":
+        if self.kind == "hl7":
+            if self.host is None or self.port is None:
+                raise ValueError(f"destination {self.name!r}: an HL7 destination needs host and port (MLLP)")
+            if self.storage_commitment:
+                raise ValueError(f"destination {self.name!r}: storage commitment is a DIMSE service")
+        elif self.kind == "dimse":
             if self.ae_title is None or self.host is None or self.port is None:
                 raise ValueError(f"destination {self.name!r}: a DIMSE destination needs ae_title, host and port")
         else:
@@ -216,7 +230,9 @@ class Destination(_Section):
 
     @property
     def address(self) -> str:
-        """Where it is, for messages: ``AE@host:port`` or the URL."""
+        """Where it is, for messages: ``AE@host:port``, ``mllp://host:port`` or the URL."""
+        if self.kind == "hl7":
+            return f"mllp://{self.host}:{self.port}"
         return self.url or "{}@{}:{}".format(*self.peer)
 
 

@@ -14,6 +14,7 @@ class SendOutcome:
     item_id: int
     ok: bool
     detail: str
+    permanent: bool = False  # the peer will never take it (HL7 AR): dead-lettered without retries
 
 
 def read_batch(items: list[OutboxItem]) -> tuple[dict[int, pydicom.Dataset], list[SendOutcome]]:

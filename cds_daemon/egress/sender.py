@@ -36,6 +36,7 @@ from cds_daemon.egress.commitment import (
     request_dataset,
 )
 from cds_daemon.egress.dicomweb import stow_batch
+from cds_daemon.egress.hl7 import send_hl7_batch
 from cds_daemon.egress.peers import associate
 from cds_daemon.egress.results import SendOutcome, read_batch
 from cds_daemon.ops.logs import get_logger
@@ -225,6 +226,8 @@ class Egress:
         request: CommitmentRequest | None = None
         if dest.kind == "dicomweb":
             outcomes = stow_batch(dest, items, timeout_s=self.settings.timeout_s)
+        elif dest.kind == "hl7":
+            outcomes = send_hl7_batch(dest, items, timeout_s=self.settings.timeout_s)
         else:
             outcomes, request = send_batch(
                 dest,
@@ -246,7 +249,7 @@ class Egress:
                 self._delivered(item, out.detail)
                 delivered += 1
             else:
-                self._failed(item, out.detail)
+                self._failed(item, out.detail, permanent=out.permanent)
         if request is not None and request.transaction_uid is not None:
             log.info(
                 "commitment_requested",
@@ -305,9 +308,9 @@ class Egress:
             instance_complete=completed,
         )
 
-    def _failed(self, item: OutboxItem, detail: str) -> None:
+    def _failed(self, item: OutboxItem, detail: str, *, permanent: bool = False) -> None:
         attempt = item.attempts + 1
-        if attempt >= self.settings.max_attempts:
+        if permanent or attempt >= self.settings.max_attempts:
             self.store.mark_dead(item.id, detail, actor="egress")
             log.error(
                 "object_dead_lettered",

@@ -117,7 +117,7 @@ def test_tls_settings_that_are_valid(tmp_path: Path) -> None:
     assert mutual.tls.cert_file == Path("c.crt") and mutual.tls.key_file == Path("c.key")
 
 
-def test_destinations_are_dimse_or_dicomweb_and_say_what_is_missing() -> None:
+def test_destinations_are_dimse_dicomweb_or_hl7_and_say_what_is_missing() -> None:
     from pydantic import ValidationError
 
     from cds_daemon.common.config import Destination
@@ -125,7 +125,10 @@ def test_destinations_are_dimse_or_dicomweb_and_say_what_is_missing() -> None:
     web = Destination(name="archive", kind="dicomweb", url="https://a.example.org/dicom-web")
     assert web.address == "https://a.example.org/dicom-web"
     assert Destination(name="pacs", ae_title="PACS", host="h", port=104).address == "PACS@h:104"
+    assert Destination(name="lis", kind="hl7", host="lis", port=2575).address == "mllp://lis:2575"
     for bad, message in (
+        ({"name": "l", "kind": "hl7", "host": "lis"}, "needs host and port"),
+        ({"name": "l", "kind": "hl7", "host": "lis", "port": 1, "sending_facility": "A|B"}, "String should match"),
         ({"name": "p", "ae_title": "PACS"}, "needs ae_title, host and port"),
         ({"name": "w", "kind": "dicomweb"}, "needs url"),
         ({"name": "w", "kind": "dicomweb", "url": "ftp://x"}, "needs url"),

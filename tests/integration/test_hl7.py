@@ -1,0 +1,117 @@
+"""Issue 25: results to the laboratory information system as HL7 v2.5.1 ORU^R01 over MLLP.
+
+A daemon process sends to an MLLP receiver run by the test (hl7apy's, another implementation than ours, which
+validates each message against the 2.5.1 structures): the AI's preliminary result, then the reviewer's final
+one, each once; an AE is retried, an AR dead-lettered; a restart resends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cds_daemon.common.manifest import read_manifest
+from cds_daemon.egress.hl7_message import control_id
+from cds_daemon.reports.uids import derived_uid
+from dicom_fixtures.synth import make_field
+from dicom_fixtures.wrap import wrap_image, write_dicom
+from tests.integration.test_browser import FAST_EGRESS, PASSWORD, _cli
+from tests.support.hl7peer import LISPeer
+from tests.support.processes import REPO, DaemonProcess, storescu
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lis() -> Iterator[LISPeer]:
+    peer = LISPeer().start()
+    yield peer
+    peer.stop()
+
+
+def _outbox(daemon: DaemonProcess, kind: str) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(daemon.data_dir / "cds.sqlite3") as db:
+        return list(
+            db.execute(
+                "SELECT object_uid, state, last_error FROM outbox WHERE destination = 'lis' AND kind = ? ORDER BY id",
+                (kind,),
+            )
+        )
+
+
+def _send(daemon: DaemonProcess, out: Path, seed: int) -> str:
+    ds = wrap_image(make_field("malignant", seed), "vl-microscopic", "explicit", seed=seed, instance_number=1)
+    path = write_dicom(ds, out / f"{seed}.dcm")
+    assert storescu(daemon.port, path).returncode == 0
+    return str(ds.SOPInstanceUID)
+
+
+def test_preliminary_then_final_results_reach_the_lis_once_each(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, lis: LISPeer, tmp_path: Path
+) -> None:
+    version = read_manifest(tiny_bundle).version
+    lis.script = ["AE"]  # the first message is refused for now: it is sent again
+    daemon = make_daemon(
+        bundle=tiny_bundle,
+        web_destinations=[{"name": "lis", "kind": "hl7", "host": "127.0.0.1", "port": lis.port}],
+        extra_config=FAST_EGRESS + "[reports]\ncase_sr = false\n",
+        triage_mode="shadow",  # every image is reviewed
+    ).start()
+    added = _cli(daemon, "user", "add", "dr.ana", "--full-name", "Smith^Ana", "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    uid = _send(daemon, tmp_path, 7100)
+    sr_uid = derived_uid(uid, version, "sr")
+    wait_until(lambda: [s for _, s, _ in _outbox(daemon, "sr")] == ["delivered"], 120, "the preliminary result")
+    assert not lis.invalid, lis.invalid
+    assert [(r.control_id, r.answered) for r in lis.received] == [(control_id(sr_uid), "AE")] * 1 + [
+        (control_id(sr_uid), "AA")
+    ], "refused with AE, then sent again with the same control ID"
+    (obr,) = lis.segments(1, "OBR")
+    assert obr[25] == "P" and obr[3]  # preliminary; the accession as the filler order number
+    obx = lis.segments(1, "OBX")
+    assert all(o[11] == "P" for o in obx)
+    assert any(o[3].startswith("CATEGORY^") for o in obx)
+    assert [o[5] for o in obx if o[3].startswith("SR-UID^")] == [sr_uid]
+    assert sum(1 for o in obx if o[2] == "NM") == 3, "each class's calibrated probability"
+    (pid,) = lis.segments(1, "PID")
+    assert pid[3].startswith("FXP-")
+
+    items = json.loads(_cli(daemon, "worklist", "list", "--json").stdout)["items"]
+    (item,) = [i for i in items if i["images"] == [uid]]
+    args = ("--item", str(item["id"]), "--decision", "change", "--class", "benign", "--comment", "Benign | follicular")
+    made = _cli(daemon, "worklist", "decide", *args, "--reviewer", "dr.ana", "--password-stdin", stdin=PASSWORD)
+    assert made.returncode == 0, made.stderr
+    review_uid = derived_uid(uid, version, "review-sr:1")
+    wait_until(lambda: [s for _, s, _ in _outbox(daemon, "review-sr")] == ["delivered"], 60, "the final result")
+    final = lis.received[-1]
+    assert final.control_id == control_id(review_uid) and not lis.invalid
+    (obr,) = lis.segments(-1, "OBR")
+    assert obr[25] == "C", "the reviewer changed the AI's category: corrected"
+    (nte,) = lis.segments(-1, "NTE")
+    assert nte[3] == "Benign \\F\\ follicular", "the comment, escaped"
+    obx = lis.segments(-1, "OBX")
+    assert [o[5] for o in obx if o[3].startswith("CATEGORY^")] == ["30807003^Benign^SCT"]
+    assert next(o[5] for o in obx if o[3].startswith("REVIEW-DECISION^")).startswith("CHANGE^")
+    assert all("Smith^Ana" in o[16] for o in obx), "the reviewer as responsible observer"
+    assert len(lis.received) == 3, "one message per event (the AE's retry aside)"
+    if os.environ.get("CDS_UPDATE_EXAMPLES") == "1":
+        text = "\n\n".join(r.text.replace("\r", "\n").strip() for r in lis.received[1:])
+        (REPO / "docs" / "hl7_messages.txt").write_text(text + "\n")
+
+    lis.script = ["AR"]  # refused for good: dead-lettered, not retried
+    other = _send(daemon, tmp_path, 7200)
+    wait_until(lambda: len(_outbox(daemon, "sr")) == 2 and _outbox(daemon, "sr")[1][1] == "dead", 120, "a dead letter")
+    assert "AR" in str(_outbox(daemon, "sr")[1][2])
+    assert [r.answered for r in lis.received].count("AR") == 1
+    assert derived_uid(other, version, "sr") == _outbox(daemon, "sr")[1][0]
+
+    daemon.stop()
+    daemon.start()  # nothing is sent again after a restart
+    wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["outbox"]["pending"] == 0, 30, "idle")
+    assert len(lis.received) == 4
