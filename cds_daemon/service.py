@@ -42,6 +42,7 @@ from cds_daemon.store.spool import Spool
 if TYPE_CHECKING:  # imported when started: a service without a model bundle never loads ONNX Runtime
     from cds_daemon.analysis.worker import Worker
     from cds_daemon.egress.sender import Egress
+    from cds_daemon.ingest.hl7_orders import OrderListener
     from cds_daemon.review.audit import Monitoring
     from cds_daemon.web.server import WebServer
 
@@ -103,6 +104,7 @@ class Service:
         self.listener: Listener | None = None
         self.health: HealthServer | None = None
         self.web: WebServer | None = None
+        self.orders: OrderListener | None = None
         self.web_problem: str | None = None
         self.monitoring: Monitoring | None = None
         self._last_watchdog = 0.0
@@ -194,6 +196,15 @@ class Service:
             self.listener.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {s.listener.bind_address}:{s.listener.port}: {exc}") from exc
+        if s.hl7_listener.enabled:
+            from cds_daemon.ingest.hl7_orders import OrderListener
+
+            self.orders = OrderListener(s.hl7_listener, self.store)
+            try:
+                self.orders.start()
+            except OSError as exc:
+                where = f"{s.hl7_listener.bind_address}:{s.hl7_listener.port}"
+                raise StartupError(f"HL7 orders: cannot listen on {where}: {exc}") from exc
 
     def _add_worklist_jobs(self) -> None:
         from cds_daemon.review.jobs import escalate_overdue, log_daily_summary
@@ -403,6 +414,8 @@ class Service:
             REGISTRY.unregister(self._collector)
         if self.listener is not None:
             self.listener.stop()
+        if self.orders is not None:
+            self.orders.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.scheduler.running:

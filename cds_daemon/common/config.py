@@ -429,6 +429,37 @@ class WebSettings(_Section):
         return v
 
 
+class HL7ListenerSettings(_Section):
+    """Orders from the laboratory information system: HL7 v2.5.1 OML^O21 over MLLP, answered ORL^O22. The
+    results for images whose accession, specimen or container matches an order carry its numbers."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: int = Field(2576, ge=0, le=65535, description="0 = any free port (tests)")
+    allowed_peers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"], description="networks the LIS may connect from"
+    )
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    timeout_s: float = Field(30.0, gt=0, description="an idle connection is closed after this long")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ipaddress.ip_network(v, strict=False)
+        return values
+
+    def permits(self, address: str) -> bool:
+        """True if ``address`` lies in one of ``allowed_peers``."""
+        return AllowedCaller(ae_title="HL7", addresses=self.allowed_peers or ["0.0.0.0/32"]).permits(address)
+
+
 class StorageSettings(_Section):
     """Where received files and the database live."""
 
@@ -525,6 +556,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     slides: SlideSettings = Field(default_factory=SlideSettings)
+    hl7_listener: HL7ListenerSettings = Field(default_factory=HL7ListenerSettings)
     model_bundle: Path | None = Field(None, description="directory holding manifest.json and the ONNX files")
     worker_threads: int = Field(
         0,

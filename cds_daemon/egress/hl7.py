@@ -10,22 +10,25 @@ control ID and the ACK code, never the message.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 from cds_daemon.common.config import Destination
 from cds_daemon.common.vocabulary import OutputKind
-from cds_daemon.egress.hl7_message import control_id, oru_r01
+from cds_daemon.egress.hl7_message import OrderNumbers, control_id, oru_r01
 from cds_daemon.egress.mllp import exchange
 from cds_daemon.egress.results import SendOutcome
 from cds_daemon.egress.sr_content import SRUnreadable, read_sr
 from cds_daemon.ops.logs import get_logger
-from cds_daemon.store import OutboxItem
+from cds_daemon.store import Order, OutboxItem
 
 log = get_logger("egress")
 
 #: The result documents a LIS receives; the rest of a result is for PACS viewers.
 HL7_KINDS = frozenset({OutputKind.SR, OutputKind.CASE_SR, OutputKind.REVIEW_SR})
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+#: (accession, specimen, container) -> the LIS's order for them, if one came in.
+OrderLookup = Callable[[str | None, str | None, str | None], Order | None]
 
 
 def _scope(kind: str, sop_class_uid: str) -> str:
@@ -36,8 +39,11 @@ def _scope(kind: str, sop_class_uid: str) -> str:
     return "slide" if sop_class_uid == COMPREHENSIVE_3D_SR else "image"  # a slide's result is a 3D SR
 
 
-def send_hl7_batch(destination: Destination, items: list[OutboxItem], *, timeout_s: float) -> list[SendOutcome]:
-    """One connection for the batch's messages; an outcome per item (never raises for the peer's problems)."""
+def send_hl7_batch(
+    destination: Destination, items: list[OutboxItem], *, timeout_s: float, orders: OrderLookup | None = None
+) -> list[SendOutcome]:
+    """An outcome per item (never raises for the peer's problems); ``orders`` finds the LIS's order numbers for
+    a result by its specimen, container or accession (``Store.order_for``)."""
     outcomes: list[SendOutcome] = []
     messages: list[tuple[OutboxItem, str, str]] = []
     now = datetime.datetime.now().astimezone()
@@ -51,7 +57,13 @@ def send_hl7_batch(destination: Destination, items: list[OutboxItem], *, timeout
             outcomes.append(SendOutcome(item.id, False, f"cannot make the HL7 message: {exc}", permanent=True))
             continue
         scope = _scope(item.kind, content.sop_class_uid)
-        message = oru_r01(content, destination, scope=scope, now=now)
+        order = (
+            orders(content.accession or None, content.specimen or None, content.container or None) if orders else None
+        )
+        numbers = (
+            None if order is None else OrderNumbers(order.placer_order, order.filler_order, order.ordering_provider)
+        )
+        message = oru_r01(content, destination, scope=scope, order=numbers, now=now)
         messages.append((item, control_id(content.sop_instance_uid), message))
     if not messages:
         return outcomes

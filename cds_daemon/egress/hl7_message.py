@@ -38,6 +38,7 @@ class OrderNumbers:
 
     placer: str = ""
     filler: str = ""
+    ordering_provider: str | None = None  # family^given, from the order's ORC-12
 
 
 def control_id(sr_uid: str) -> str:
@@ -133,6 +134,7 @@ def oru_r01(
     observed = content.content_datetime or stamp
     filler = (order.filler if order and order.filler else "") or content.accession
     placer = order.placer if order else ""
+    provider = _observer(order.ordering_provider) if order and order.ordering_provider else ""
     msh = [
         "^~\\&",
         escape(destination.sending_application),
@@ -170,7 +172,15 @@ def oru_r01(
         _segment(
             "OBR",
             _fields(
-                25, f1="1", f2=escape(placer), f3=escape(filler), f4=_coded(SERVICE), f7=observed, f22=stamp, f25=status
+                25,
+                f1="1",
+                f2=escape(placer),
+                f3=escape(filler),
+                f4=_coded(SERVICE),
+                f7=observed,
+                f16=provider,
+                f22=stamp,
+                f25=status,
             ),
         ),
     ]

@@ -227,7 +227,7 @@ class Egress:
         if dest.kind == "dicomweb":
             outcomes = stow_batch(dest, items, timeout_s=self.settings.timeout_s)
         elif dest.kind == "hl7":
-            outcomes = send_hl7_batch(dest, items, timeout_s=self.settings.timeout_s)
+            outcomes = send_hl7_batch(dest, items, timeout_s=self.settings.timeout_s, orders=self.store.order_for)
         else:
             outcomes, request = send_batch(
                 dest,

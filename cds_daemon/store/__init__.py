@@ -21,6 +21,7 @@ from cds_daemon.store.cases import CaseReport, CaseStore
 from cds_daemon.store.cluster import ClusterStore
 from cds_daemon.store.database import Session, StoreUnavailable, is_database_url, lock_key
 from cds_daemon.store.instances import TRANSITIONS, InstanceStore
+from cds_daemon.store.orders import Order, OrderStore
 from cds_daemon.store.records import (
     Decision,
     Instance,
@@ -50,6 +51,7 @@ __all__ = [
     "Instance",
     "LostClaim",
     "NewInstance",
+    "Order",
     "OutboxItem",
     "OutputObject",
     "PoolRow",
@@ -95,6 +97,7 @@ class Store(
     ClusterStore,
     SimilarStore,
     CalibrationStore,
+    OrderStore,
 ):
     """All persistent state of the daemon. Thread-safe."""
 

@@ -322,4 +322,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE decisions ADD COLUMN fields_viewed TEXT;
     ALTER TABLE decisions ADD COLUMN diagnostic_field INTEGER;
     """,
+    # Orders from the laboratory information system (HL7 OML^O21): the LIS's placer and filler order numbers
+    # with the accession, specimen and container they are for, so that results carry the LIS's numbers.
+    # Additive: min_reader stays.
+    """
+    CREATE TABLE orders (
+        id INTEGER PRIMARY KEY,
+        placer_order TEXT NOT NULL DEFAULT '',
+        filler_order TEXT NOT NULL DEFAULT '',
+        accession_number TEXT,
+        specimen_id TEXT,
+        container_id TEXT,
+        ordering_provider TEXT,
+        control_id TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        UNIQUE (placer_order, filler_order)
+    );
+    CREATE INDEX orders_accession ON orders (accession_number);
+    CREATE INDEX orders_specimen ON orders (specimen_id);
+    CREATE INDEX orders_container ON orders (container_id);
+    """,
 )

@@ -115,3 +115,66 @@ def test_preliminary_then_final_results_reach_the_lis_once_each(
     daemon.start()  # nothing is sent again after a restart
     wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["outbox"]["pending"] == 0, 30, "idle")
     assert len(lis.received) == 4
+
+
+def _order(port: int, text: str) -> str:
+    """Send one message to the daemon's HL7 listener; its answer (ER7, segments by CR)."""
+    import asyncio
+
+    import hl7
+    import hl7.mllp
+
+    async def exchange() -> str:
+        reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", port)
+        writer.writemessage(hl7.parse(text))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readmessage(), 10)
+        writer.close()
+        return str(answer)
+
+    return asyncio.run(exchange())
+
+
+def test_an_order_before_the_images_gives_the_results_the_lis_numbers(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, lis: LISPeer, tmp_path: Path
+) -> None:
+    from tests.support.processes import free_port, wait_for_port
+
+    port = free_port()
+    daemon = make_daemon(
+        bundle=tiny_bundle,
+        web_destinations=[{"name": "lis", "kind": "hl7", "host": "127.0.0.1", "port": lis.port}],
+        extra_config=FAST_EGRESS + f"[reports]\ncase_sr = false\n[hl7_listener]\nenabled = true\nport = {port}\n",
+    ).start()
+    wait_for_port(port, proc=daemon.proc)
+    ds = wrap_image(make_field("benign", 7300), "vl-microscopic", "explicit", seed=7300, instance_number=1)
+    specimen = str(ds.SpecimenDescriptionSequence[0].SpecimenIdentifier)
+    msh = "MSH|^~\\&|LIS|LAB|THYROID_CDS|CDS|20261202101500||OML^O21^OML_O21|{}|P|2.5.1"
+    order = "\r".join(
+        [
+            msh.format("ORD-1"),
+            "PID|1||FXP-007300^^^FIXTURE-MRN||FIXTURE^ORDER",
+            "ORC|NW|PL-777^LIS|FI-888^LAB|||||||||1234^WELBY^MARCUS",
+            "OBR|1|PL-777^LIS|FI-888^LAB|THYFNA^Thyroid FNA cytology^L",
+            f"SPM|1|^{specimen}||ASP^Aspirate^HL70487",
+        ]
+    )
+    answer = _order(port, order)
+    assert "ORL^O22" in answer and "MSA|AA|ORD-1" in answer
+    refused = _order(port, "\r".join([msh.format("ORD-2"), "PID|1||X"]))  # no ORC: nothing is registered
+    assert "MSA|AE|ORD-2|" in refused and "ORC" in refused
+    wrong = _order(port, msh.format("ORD-3").replace("OML^O21^OML_O21", "ORU^R01^ORU_R01"))
+    assert "MSA|AR|ORD-3|" in wrong
+    with sqlite3.connect(daemon.data_dir / "cds.sqlite3") as db:
+        assert db.execute("SELECT placer_order, filler_order, specimen_id FROM orders").fetchall() == [
+            ("PL-777", "FI-888", specimen)
+        ]
+
+    path = write_dicom(ds, tmp_path / "ordered.dcm")
+    assert storescu(daemon.port, path).returncode == 0
+    wait_until(lambda: lis.received, 120, "the result at the LIS")
+    assert not lis.invalid, lis.invalid
+    (orc,) = lis.segments(0, "ORC")
+    (obr,) = lis.segments(0, "OBR")
+    assert orc[2:4] == ["PL-777", "FI-888"] and obr[2:4] == ["PL-777", "FI-888"], "the LIS's own order numbers"
+    assert obr[16] == "^WELBY^MARCUS", "the ordering provider"
