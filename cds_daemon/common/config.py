@@ -179,14 +179,17 @@ HL7Name = Annotated[str, Field(min_length=1, max_length=180, pattern=r"^[^|^~\\&
 class Destination(_Section):
     """A PACS (or other archive) that receives our reports: by C-STORE (``kind = "dimse"``: AE title, host
     and port) or by STOW-RS (``kind = "dicomweb"``: the DICOMweb base URL); or a laboratory information
-    system that receives the results as HL7 v2.5.1 messages over MLLP (``kind = "hl7"``: host and port)."""
+    system that receives the results as HL7 v2.5.1 messages over MLLP (``kind = "hl7"``: host and port), or
+    a FHIR server that receives them as transactions (``kind = "fhir"``: its base URL)."""
 
     name: str = Field(min_length=1)
-    kind: Literal["dimse", "dicomweb", "hl7"] = "dimse"
+    kind: Literal["dimse", "dicomweb", "hl7", "fhir"] = "dimse"
     ae_title: AETitle | None = None
     host: str | None = Field(None, min_length=1)
     port: int | None = Field(None, ge=1, le=65535)
-    url: str | None = Field(None, description="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web")
+    url: str | None = Field(
+        None, description="DICOMweb or FHIR base URL, e.g. https://pacs.example.org/dicom-web, https://ehr/fhir"
+    )
     username: str | None = Field(None, description="DICOMweb basic auth user (password in password_file)")
     password_file: Path | None = Field(None, description="file holding the basic auth password")
     token_file: Path | None = Field(None, description="file holding a bearer token (instead of basic auth)")
@@ -214,7 +217,8 @@ class Destination(_Section):
                 raise ValueError(f"destination {self.name!r}: a DIMSE destination needs ae_title, host and port")
         else:
             if not self.url or not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"destination {self.name!r}: a DICOMweb destination needs url = http(s)://...")
+                what = "FHIR" if self.kind == "fhir" else "DICOMweb"
+                raise ValueError(f"destination {self.name!r}: a {what} destination needs url = http(s)://...")
             if self.storage_commitment:
                 raise ValueError(f"destination {self.name!r}: storage commitment is a DIMSE service")
             if self.password_file is not None and self.username is None:

@@ -41,7 +41,8 @@ class _PinnedCA(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-def _session(destination: Destination) -> requests.Session:
+def http_session(destination: Destination) -> requests.Session:
+    """A requests session with the destination's authentication and TLS (DICOMweb and FHIR)."""
     session = requests.Session()
     if destination.token_file is not None:
         token = destination.token_file.read_text().strip()
@@ -60,7 +61,7 @@ def _session(destination: Destination) -> requests.Session:
 
 def _client(destination: Destination, timeout_s: float) -> DICOMwebClient:
     assert destination.url is not None  # validated for kind = "dicomweb"
-    client = DICOMwebClient(url=destination.url.rstrip("/"), session=_session(destination), timeout=timeout_s)
+    client = DICOMwebClient(url=destination.url.rstrip("/"), session=http_session(destination), timeout=timeout_s)
     # One attempt per call: the outbox's backoff and dead letter are the retry policy. dicomweb-client's own
     # (up to 5 attempts, on any exception too) would hold the egress thread ~15 s per unreachable archive.
     client.set_http_retry_params(retry=False)

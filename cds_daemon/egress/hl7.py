@@ -18,7 +18,7 @@ from cds_daemon.common.vocabulary import OutputKind
 from cds_daemon.egress.hl7_message import OrderNumbers, control_id, oru_r01
 from cds_daemon.egress.mllp import exchange
 from cds_daemon.egress.results import SendOutcome
-from cds_daemon.egress.sr_content import SRUnreadable, read_sr
+from cds_daemon.egress.sr_content import SRContent, SRUnreadable, read_sr
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.store import Order, OutboxItem
 
@@ -31,12 +31,19 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 OrderLookup = Callable[[str | None, str | None, str | None], Order | None]
 
 
-def _scope(kind: str, sop_class_uid: str) -> str:
+def scope_of(kind: str, sop_class_uid: str) -> str:
+    """What a result document is about: ``hl7_message.SCOPES``."""
     if kind == OutputKind.REVIEW_SR:
         return "review"
     if kind == OutputKind.CASE_SR:
         return "case"
     return "slide" if sop_class_uid == COMPREHENSIVE_3D_SR else "image"  # a slide's result is a 3D SR
+
+
+def order_numbers(content: SRContent, orders: OrderLookup | None) -> OrderNumbers | None:
+    """The LIS's numbers for the result's specimen, container or accession, if an order came in."""
+    order = orders(content.accession or None, content.specimen or None, content.container or None) if orders else None
+    return None if order is None else OrderNumbers(order.placer_order, order.filler_order, order.ordering_provider)
 
 
 def send_hl7_batch(
@@ -56,14 +63,8 @@ def send_hl7_batch(
         except (OSError, SRUnreadable) as exc:
             outcomes.append(SendOutcome(item.id, False, f"cannot make the HL7 message: {exc}", permanent=True))
             continue
-        scope = _scope(item.kind, content.sop_class_uid)
-        order = (
-            orders(content.accession or None, content.specimen or None, content.container or None) if orders else None
-        )
-        numbers = (
-            None if order is None else OrderNumbers(order.placer_order, order.filler_order, order.ordering_provider)
-        )
-        message = oru_r01(content, destination, scope=scope, order=numbers, now=now)
+        scope = scope_of(item.kind, content.sop_class_uid)
+        message = oru_r01(content, destination, scope=scope, order=order_numbers(content, orders), now=now)
         messages.append((item, control_id(content.sop_instance_uid), message))
     if not messages:
         return outcomes

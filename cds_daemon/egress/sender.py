@@ -36,6 +36,7 @@ from cds_daemon.egress.commitment import (
     request_dataset,
 )
 from cds_daemon.egress.dicomweb import stow_batch
+from cds_daemon.egress.fhir import send_fhir_batch
 from cds_daemon.egress.hl7 import send_hl7_batch
 from cds_daemon.egress.peers import associate
 from cds_daemon.egress.results import SendOutcome, read_batch
@@ -228,6 +229,8 @@ class Egress:
             outcomes = stow_batch(dest, items, timeout_s=self.settings.timeout_s)
         elif dest.kind == "hl7":
             outcomes = send_hl7_batch(dest, items, timeout_s=self.settings.timeout_s, orders=self.store.order_for)
+        elif dest.kind == "fhir":
+            outcomes = send_fhir_batch(dest, items, timeout_s=self.settings.timeout_s, orders=self.store.order_for)
         else:
             outcomes, request = send_batch(
                 dest,

@@ -21,6 +21,7 @@ from cds_daemon.reports.uids import derived_uid
 from dicom_fixtures.synth import make_field
 from dicom_fixtures.wrap import wrap_image, write_dicom
 from tests.integration.test_browser import FAST_EGRESS, PASSWORD, _cli
+from tests.support.fhirpeer import FHIRPeer
 from tests.support.hl7peer import LISPeer
 from tests.support.processes import REPO, DaemonProcess, storescu
 from tests.support.waiting import wait_until
@@ -35,12 +36,19 @@ def lis() -> Iterator[LISPeer]:
     peer.stop()
 
 
-def _outbox(daemon: DaemonProcess, kind: str) -> list[tuple[str, str, str | None]]:
+@pytest.fixture
+def fhir() -> Iterator[FHIRPeer]:
+    peer = FHIRPeer().start()
+    yield peer
+    peer.stop()
+
+
+def _outbox(daemon: DaemonProcess, kind: str, destination: str = "lis") -> list[tuple[str, str, str | None]]:
     with sqlite3.connect(daemon.data_dir / "cds.sqlite3") as db:
         return list(
             db.execute(
-                "SELECT object_uid, state, last_error FROM outbox WHERE destination = 'lis' AND kind = ? ORDER BY id",
-                (kind,),
+                "SELECT object_uid, state, last_error FROM outbox WHERE destination = ? AND kind = ? ORDER BY id",
+                (destination, kind),
             )
         )
 
@@ -52,14 +60,18 @@ def _send(daemon: DaemonProcess, out: Path, seed: int) -> str:
     return str(ds.SOPInstanceUID)
 
 
-def test_preliminary_then_final_results_reach_the_lis_once_each(
-    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, lis: LISPeer, tmp_path: Path
+def test_preliminary_then_final_results_reach_the_lis_and_the_fhir_server_once_each(
+    make_daemon: Callable[..., DaemonProcess], tiny_bundle: Path, lis: LISPeer, fhir: FHIRPeer, tmp_path: Path
 ) -> None:
     version = read_manifest(tiny_bundle).version
     lis.script = ["AE"]  # the first message is refused for now: it is sent again
+    fhir.script = [503, 200, 200, 400]  # the first transaction too; the third image's is refused for good
     daemon = make_daemon(
         bundle=tiny_bundle,
-        web_destinations=[{"name": "lis", "kind": "hl7", "host": "127.0.0.1", "port": lis.port}],
+        web_destinations=[
+            {"name": "lis", "kind": "hl7", "host": "127.0.0.1", "port": lis.port},
+            {"name": "ehr", "kind": "fhir", "url": fhir.url},
+        ],
         extra_config=FAST_EGRESS + "[reports]\ncase_sr = false\n",
         triage_mode="shadow",  # every image is reviewed
     ).start()
@@ -104,6 +116,8 @@ def test_preliminary_then_final_results_reach_the_lis_once_each(
         text = "\n\n".join(r.text.replace("\r", "\n").strip() for r in lis.received[1:])
         (REPO / "docs" / "hl7_messages.txt").write_text(text + "\n")
 
+    _fhir_results(fhir, daemon, uid, version)
+
     lis.script = ["AR"]  # refused for good: dead-lettered, not retried
     other = _send(daemon, tmp_path, 7200)
     wait_until(lambda: len(_outbox(daemon, "sr")) == 2 and _outbox(daemon, "sr")[1][1] == "dead", 120, "a dead letter")
@@ -111,10 +125,34 @@ def test_preliminary_then_final_results_reach_the_lis_once_each(
     assert [r.answered for r in lis.received].count("AR") == 1
     assert derived_uid(other, version, "sr") == _outbox(daemon, "sr")[1][0]
 
+    wait_until(lambda: len(fhir.statuses) == 4, 60, "the third transaction")
+    assert "refused by the test (400)" in str(_outbox(daemon, "sr", "ehr")[1][2])
+    assert _outbox(daemon, "sr", "ehr")[1][1] == "dead"
+
     daemon.stop()
     daemon.start()  # nothing is sent again after a restart
     wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["outbox"]["pending"] == 0, 30, "idle")
-    assert len(lis.received) == 4
+    assert len(lis.received) == 4 and len(fhir.statuses) == 4
+
+
+def _fhir_results(fhir: FHIRPeer, daemon: DaemonProcess, uid: str, version: str) -> None:
+    """The same two results as FHIR transactions: retried after a 503, AI-asserted, then the reviewer's."""
+    wait_until(lambda: [s for _, s, _ in _outbox(daemon, "review-sr", "ehr")] == ["delivered"], 60, "FHIR final")
+    assert not fhir.invalid, fhir.invalid
+    assert fhir.statuses[:3] == [503, 200, 200]
+    (report,) = fhir.resources(1, "DiagnosticReport")
+    assert report.status == "preliminary" and report.meta.security[0].code == "AIAST"
+    assert report.identifier[0].value == "urn:oid:" + derived_uid(uid, version, "sr")
+    (observation,) = fhir.resources(1, "Observation")
+    assert observation.valueCodeableConcept.coding[0].system == "http://snomed.info/sct"
+    (device,) = [e for e in fhir.received[1].entry if e.resource.get_resource_type() == "Device"]
+    assert observation.device.reference == device.fullUrl and device.request.ifNoneExist.startswith("identifier=")
+    (provenance,) = fhir.resources(1, "Provenance")
+    assert provenance.agent[0].type.coding[0].code == "author"
+    (final,) = fhir.resources(2, "DiagnosticReport")
+    assert final.status == "corrected" and not final.meta and final.conclusion == "Benign | follicular"
+    (verifier,) = fhir.resources(2, "Provenance")
+    assert verifier.agent[0].type.coding[0].code == "verifier" and "Smith" in verifier.agent[0].who.display
 
 
 def _order(port: int, text: str) -> str:
