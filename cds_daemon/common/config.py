@@ -47,6 +47,15 @@ def _check_ae(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_check_ae)]
 
 
+def _check_ip(value: str) -> str:
+    ipaddress.ip_address(value)
+    return value
+
+
+#: An address to listen on: an IP address (0.0.0.0 or :: for all).
+BindAddress = Annotated[str, AfterValidator(_check_ip)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,7 +137,7 @@ class ListenerSettings(_Section):
     """The DICOM listener (C-ECHO, C-STORE SCP)."""
 
     ae_title: AETitle = "THYROID_CDS"
-    bind_address: str = "127.0.0.1"
+    bind_address: BindAddress = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     allowed_callers: list[AllowedCaller] = Field(
         default_factory=lambda: [AllowedCaller(ae_title="STORESCU"), AllowedCaller(ae_title="ORTHANC")]
@@ -154,12 +163,6 @@ class ListenerSettings(_Section):
     )
     stop_grace_s: float = Field(20.0, ge=0, description="on SIGTERM, wait this long for open associations")
     tls: TLSSettings = Field(default_factory=TLSSettings)
-
-    @field_validator("bind_address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("max_dataset_mb_by_sop_class")
     @classmethod
@@ -344,7 +347,7 @@ class HealthSettings(_Section):
     """HTTP health (/healthz/live, /healthz/ready) and Prometheus metrics (/metrics)."""
 
     enabled: bool = True
-    bind_address: str = "127.0.0.1"
+    bind_address: BindAddress = "127.0.0.1"
     port: int = Field(8044, ge=0, le=65535, description="0 = any free port (tests)")
     worker_stall_s: float = Field(120.0, gt=0, description="not ready when the worker loop is silent this long")
 
@@ -392,7 +395,7 @@ class WebSettings(_Section):
     """The reviewers' web page (worklist, case view, decisions, admin statistics)."""
 
     enabled: bool = True
-    bind_address: str = "127.0.0.1"
+    bind_address: BindAddress = "127.0.0.1"
     port: int = Field(8043, ge=0, le=65535, description="0 = any free port (tests)")
     threads: int = Field(4, ge=1, le=64, description="request threads of the WSGI server")
     session_minutes: float = Field(480.0, gt=0, description="a login lasts this long")
@@ -410,12 +413,6 @@ class WebSettings(_Section):
         "(Orthanc with its WSI plug-in)",
     )
     slide_cache_mb: int = Field(64, ge=1, le=4096, description="slide tiles kept in memory for the viewer, MiB")
-
-    @field_validator("bind_address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("wsi_viewer_url")
     @classmethod
@@ -438,19 +435,13 @@ class HL7ListenerSettings(_Section):
     results for images whose accession, specimen or container matches an order carry its numbers."""
 
     enabled: bool = False
-    bind_address: str = "127.0.0.1"
+    bind_address: BindAddress = "127.0.0.1"
     port: int = Field(2576, ge=0, le=65535, description="0 = any free port (tests)")
     allowed_peers: list[str] = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"], description="networks the LIS may connect from"
     )
     tls: TLSSettings = Field(default_factory=TLSSettings)
     timeout_s: float = Field(30.0, gt=0, description="an idle connection is closed after this long")
-
-    @field_validator("bind_address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("allowed_peers")
     @classmethod

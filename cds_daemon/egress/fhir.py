@@ -4,22 +4,20 @@ POSTed to the server's base URL, from the same outbox as every destination.
 HTTP 200/201 with a transaction-response: delivered. A 4xx other than 408 and 429 is the server refusing
 the content for good: dead-lettered with its OperationOutcome's words. Anything else (5xx, 408, 429, no
 connection, a timeout) is retried with the outbox's backoff. Authentication and TLS as for DICOMweb.
-Only the result documents go (as for HL7); the other objects are marked delivered without a request.
+Only the result documents go (``documents``); the other objects are marked delivered without a request.
 """
 
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import requests
 
 from cds_daemon.common.config import Destination
 from cds_daemon.egress.dicomweb import http_session
+from cds_daemon.egress.documents import OrderLookup, result_documents
 from cds_daemon.egress.fhir_bundle import transaction
-from cds_daemon.egress.hl7 import HL7_KINDS, OrderLookup, order_numbers, scope_of
 from cds_daemon.egress.results import SendOutcome
-from cds_daemon.egress.sr_content import SRUnreadable, read_sr
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.store import OutboxItem
 
@@ -42,22 +40,13 @@ def send_fhir_batch(
     destination: Destination, items: list[OutboxItem], *, timeout_s: float, orders: OrderLookup | None = None
 ) -> list[SendOutcome]:
     """One transaction per result document; an outcome per item (never raises for the server's problems)."""
-    outcomes: list[SendOutcome] = []
     session = http_session(destination)
     url = str(destination.url).rstrip("/")
     now = datetime.datetime.now().astimezone()
-    for item in items:
-        if item.kind not in HL7_KINDS:
-            outcomes.append(SendOutcome(item.id, True, "not for FHIR: only result documents are sent"))
-            continue
-        try:
-            content = read_sr(Path(item.path))
-        except (OSError, SRUnreadable) as exc:
-            outcomes.append(SendOutcome(item.id, False, f"cannot make the FHIR transaction: {exc}", permanent=True))
-            continue
-        bundle = transaction(
-            content, scope=scope_of(item.kind, content.sop_class_uid), order=order_numbers(content, orders), now=now
-        )
+    documents, outcomes = result_documents(items, orders, "FHIR")
+    for document in documents:
+        item = document.item
+        bundle = transaction(document.content, scope=document.scope, order=document.order, now=now)
         body = bundle.model_dump_json(exclude_none=True)
         try:
             response = session.post(
