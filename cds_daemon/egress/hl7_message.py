@@ -28,6 +28,7 @@ SR_PREDECESSOR = ("SR-PREDECESSOR", "Result document it follows (DICOM SR SOP In
 RESULT_SCOPE = ("RESULT-SCOPE", "What the result is about", "99THYCDS")
 SPECIMEN_TYPE = ("ASP", "Aspirate", "HL70487")
 MAX_TEXT = 65536
+NULL = '""'  # HL7's explicit null: a required field whose value is not known
 
 _CONTAINER = hl7.parse("MSH|^~\\&|\r")  # the separators python-hl7's escape works with
 
@@ -154,7 +155,9 @@ def oru_r01(
         "",
         "UNICODE UTF-8",
     ]
-    pid_id = _components(content.patient_id, "", "", content.patient_id_issuer)
+    # PID-3 and PID-5 are required: a header without them sends HL7's explicit null ("")
+    pid_id = _components(content.patient_id, "", "", content.patient_id_issuer) or NULL
+    pid_name = _person(content.patient_name) or NULL
     segments = [
         "MSH|" + "|".join(msh),
         _segment(
@@ -163,7 +166,7 @@ def oru_r01(
                 8,
                 f1="1",
                 f3=pid_id,
-                f5=_person(content.patient_name),
+                f5=pid_name,
                 f7=escape(content.birth_date),
                 f8=escape(content.sex),
             ),

@@ -65,6 +65,8 @@ class LISPeer:
                 return peer.answer(self.incoming_message)
 
         self._server = MLLPServer("127.0.0.1", self.port, {"ORU^R01^ORU_R01": (Handler,)}, timeout=10)
+        self._server.daemon_threads = True  # a handler that sleeps (no answer) must not hold up stop()
+        self._server.block_on_close = False
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
