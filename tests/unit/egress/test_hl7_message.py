@@ -93,3 +93,9 @@ def test_a_not_analysed_image_says_so() -> None:
     _valid(text)
     assert "ANALYSED^Analysed by the AI^99THYCDS||373067005^No^SCT" in text
     assert "the image cannot be decoded" in text and "|ACC\\F\\1|" in text
+
+
+def test_a_header_without_patient_name_or_id_still_makes_a_valid_message() -> None:
+    text = oru_r01(_content(patient_name="", patient_id="", category=MALIGNANT), LIS, scope="image", now=NOW)
+    _valid(text)
+    assert '\rPID|1||""||""' in text
