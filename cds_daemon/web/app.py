@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from flask import (
     Flask,
-    Response,
     abort,
     current_app,
     flash,
@@ -159,10 +158,6 @@ def _numbers(text: str, most: int = 1000) -> list[int]:
     if not all(p.isdigit() and len(p) <= 6 for p in parts):
         abort(400, description="Malformed field numbers.")
     return [int(p) for p in parts]
-
-
-def _png(data: bytes) -> Response:
-    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 def create_app(ctx: WebContext) -> Flask:
@@ -360,8 +355,10 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
             abort(404)
         _audit(g.user.username, "web:view-similar", uid)
         if instance.slide_key is not None:  # a slide: its diagnostic field, else its most suspicious one
-            return _png(ctx.thumbnails.get_or_make(f"similar:{uid}", lambda: slide_view.example_png(ctx, confirmed)))
-        return _png(
+            return imaging.png_response(
+                ctx.thumbnails.get_or_make(f"similar:{uid}", lambda: slide_view.example_png(ctx, confirmed))
+            )
+        return imaging.png_response(
             ctx.thumbnails.get_or_make(uid, functools.partial(imaging.thumbnail_png, Path(instance.spool_path)))
         )
 
@@ -378,7 +375,7 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
     def case_image(item_id: int, uid: str) -> Any:
         path = _source_path(ctx, _item_or_404(ctx, item_id), uid)
         _audit(g.user.username, "web:view-image", uid, worklist_id=item_id)
-        return _png(ctx.images.get_or_make(uid, functools.partial(imaging.image_png, path)))
+        return imaging.png_response(ctx.images.get_or_make(uid, functools.partial(imaging.image_png, path)))
 
     @app.get("/case/<int:item_id>/heatmap/<uid>.png")
     @login_required
@@ -393,7 +390,9 @@ def _register_case(app: Flask, ctx: WebContext) -> None:
         ):
             abort(404)
         _audit(g.user.username, "web:view-heatmap", uid, worklist_id=item_id)
-        return _png(ctx.heatmaps.get_or_make(uid, functools.partial(imaging.heatmap_png, path, ctx.engine)))
+        return imaging.png_response(
+            ctx.heatmaps.get_or_make(uid, functools.partial(imaging.heatmap_png, path, ctx.engine))
+        )
 
     @app.post("/case/<int:item_id>/decide")
     @login_required

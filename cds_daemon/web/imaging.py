@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
+from flask import Response
 from PIL import Image, ImageDraw
 
 from cds_daemon.analysis.decode import DecodeError, decode
@@ -71,6 +72,11 @@ def png(array: np.ndarray, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def png_response(data: bytes) -> Response:
+    """A PNG for a logged-in reviewer's page: never cached by the browser or a proxy."""
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 def jpeg_bytes(array: np.ndarray, quality: int = 85) -> bytes:

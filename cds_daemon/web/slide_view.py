@@ -24,7 +24,7 @@ from cds_daemon.analysis.slide_reader import SlideUnreadable
 from cds_daemon.ops.logs import get_logger
 from cds_daemon.reports.case_sr import suspicion
 from cds_daemon.review.service import Labels, slide_fields
-from cds_daemon.store import Confirmed, PredictionRecord, WorklistItem
+from cds_daemon.store import Confirmed, PredictionRecord, SlideField, WorklistItem
 from cds_daemon.web import imaging
 from cds_daemon.web.security import login_required
 from cds_daemon.web.slide_tiles import DeepZoom, TileNotFound
@@ -60,9 +60,6 @@ class SlideContext:
     """What the slide view shows besides the case's common parts."""
 
     series_uid: str
-    width: int
-    height: int
-    mpp: float
     fields: list[FieldRow]  # most suspicious first
     proposals: int
     repairs: list[str]
@@ -118,9 +115,6 @@ def slide_context(
         )
     return SlideContext(
         series_uid=instance.series_instance_uid,
-        width=int(slide["width"]),
-        height=int(slide["height"]),
-        mpp=float(slide["mpp"]),
         fields=field_rows(prediction, labels, reason_label),
         proposals=int(slide.get("proposals") or 0),
         repairs=[str(r) for r in slide.get("repairs") or ()],
@@ -148,6 +142,11 @@ class TileAudit:
             return True
 
 
+def _cam(stored: SlideField) -> np.ndarray:
+    """A field's stored Grad-CAM (uint8) back in [0, 1]."""
+    return np.frombuffer(stored.cam or b"", np.uint8).reshape(stored.cam_rows, stored.cam_columns) / 255.0
+
+
 def _field_z(prediction: PredictionRecord) -> float | None:
     """The focal plane most of the slide's fields were read on (the viewer shows that one)."""
     planes = Counter(float(f["z"]) for f in slide_fields(prediction) if f.get("z") is not None)
@@ -163,12 +162,17 @@ def open_served(ctx: WebContext, series_uid: str) -> tuple[str, DeepZoom]:
     representative, parts = found
     if ctx.store.worklist_item_of(representative) is None and not ctx.similar.is_confirmed(representative):
         abort(404)
-    prediction = ctx.store.get_prediction(representative)
-    files = [Path(p.spool_path) for p in parts if p.on_disk]
-    if not files or prediction is None:
-        abort(404, description="The slide's files are no longer on disk.")
+
+    def files_and_plane() -> tuple[list[Path], float | None]:
+        """Read once, when the slide is not open yet (not on every tile)."""
+        prediction = ctx.store.get_prediction(representative)
+        files = [Path(p.spool_path) for p in parts if p.on_disk]
+        if not files or prediction is None:
+            abort(404, description="The slide's files are no longer on disk.")
+        return files, _field_z(prediction)
+
     try:
-        return representative, ctx.tiles.slide(series_uid, lambda: (files, _field_z(prediction)))
+        return representative, ctx.tiles.slide(series_uid, files_and_plane)
     except SlideUnreadable as exc:
         log.warning("slide_unreadable_for_viewer", series_instance_uid=series_uid, error=str(exc))
         abort(404, description="The slide cannot be read.")
@@ -179,15 +183,11 @@ def example_png(ctx: WebContext, confirmed: Confirmed, side: int = 256) -> bytes
     instance = ctx.store.get_instance(confirmed.sop_instance_uid)
     prediction = ctx.store.get_prediction(confirmed.sop_instance_uid)
     fields = slide_fields(prediction) if prediction is not None else []
-    if instance is None or instance.series_instance_uid is None or not fields:
+    if instance is None or instance.series_instance_uid is None or prediction is None or not fields:
         abort(404)
     number = confirmed.diagnostic_field
     if number is None or not 1 <= number <= len(fields):
-        ranked = sorted(
-            range(len(fields)),
-            key=lambda i: suspicion(fields[i].get("predicted"), max(fields[i].get("probabilities") or [0.0])),
-        )
-        number = ranked[-1] + 1
+        number = field_rows(prediction, ctx.review.labels, str)[0].number  # the field list's first
     _, dz = open_served(ctx, instance.series_instance_uid)
     try:
         return imaging.png(dz.region(tuple(int(v) for v in fields[number - 1]["box"]), side))  # type: ignore[arg-type]
@@ -199,20 +199,17 @@ def register(app: Flask, ctx: WebContext, audit: Any) -> None:
     """The slide routes; ``audit(actor, action, uid, **detail)`` writes the audit row."""
     tile_audit = TileAudit()
 
-    def open_slide(series_uid: str) -> tuple[str, DeepZoom]:
-        return open_served(ctx, series_uid)
-
     @app.get("/slides/<series_uid>.dzi")
     @login_required
     def slide_dzi(series_uid: str) -> Any:
-        representative, dz = open_slide(series_uid)
+        representative, dz = open_served(ctx, series_uid)
         audit(g.user.username, "web:view-slide", representative, series_instance_uid=series_uid)
         return Response(dz.dzi(), mimetype="application/xml", headers={"Cache-Control": "private, no-store"})
 
     @app.get("/slides/<series_uid>_files/<int:level>/<int:col>_<int:row>.jpeg")
     @login_required
     def slide_tile(series_uid: str, level: int, col: int, row: int) -> Any:
-        representative, dz = open_slide(series_uid)
+        representative, dz = open_served(ctx, series_uid)
         try:
             tile, _ = ctx.tiles.tile(series_uid, dz, level, col, row)
         except TileNotFound:
@@ -233,7 +230,7 @@ def register(app: Flask, ctx: WebContext, audit: Any) -> None:
             fields = slide_fields(prediction) if prediction is not None else []
             instance = ctx.store.get_instance(uid)
             if fields and 1 <= number <= len(fields) and instance is not None and instance.series_instance_uid:
-                _, dz = open_slide(instance.series_instance_uid)
+                _, dz = open_served(ctx, instance.series_instance_uid)
                 return item, uid, fields[number - 1], dz
         abort(404)
 
@@ -250,7 +247,7 @@ def register(app: Flask, ctx: WebContext, audit: Any) -> None:
         box = tuple(int(v) for v in f["box"])
         audit(g.user.username, "web:view-field", uid, worklist_id=item.id, field=number)
         key = f"{uid}:field:{number}"
-        return _png(ctx.images.get_or_make(key, lambda: imaging.png(read_field(dz, box, FIELD_SIDE))))  # type: ignore[arg-type]
+        return imaging.png_response(ctx.images.get_or_make(key, lambda: imaging.png(read_field(dz, box, FIELD_SIDE))))  # type: ignore[arg-type]
 
     @app.get("/case/<int:item_id>/field/<int:number>/thumb.jpeg")
     @login_required
@@ -270,10 +267,10 @@ def register(app: Flask, ctx: WebContext, audit: Any) -> None:
             abort(404)
         _, _, w, h = (int(v) for v in f["box"])
         k = min(1.0, FIELD_SIDE / max(w, h)) / 4
-        cam = np.frombuffer(stored.cam, np.uint8).reshape(stored.cam_rows, stored.cam_columns) / 255.0
+        cam = _cam(stored)
         audit(g.user.username, "web:view-heatmap", uid, worklist_id=item.id, field=number)
         size = (max(1, round(w * k)), max(1, round(h * k)))
-        return _png(imaging.png(imaging.heatmap_rgba(cam, size), compress_level=6))
+        return imaging.png_response(imaging.png(imaging.heatmap_rgba(cam, size), compress_level=6))
 
     @app.get("/case/<int:item_id>/slide-heatmap.png")
     @login_required
@@ -287,7 +284,7 @@ def register(app: Flask, ctx: WebContext, audit: Any) -> None:
                 audit(g.user.username, "web:view-heatmap", uid, worklist_id=item.id)
                 key = f"{uid}:slide-heatmap"
                 make = functools.partial(slide_heatmap_png, ctx, uid, prediction)
-                return _png(ctx.heatmaps.get_or_make(key, make))
+                return imaging.png_response(ctx.heatmaps.get_or_make(key, make))
         abort(404)
 
 
@@ -310,10 +307,5 @@ def slide_heatmap_png(ctx: WebContext, uid: str, prediction: PredictionRecord) -
         )
         if x1 <= x0 or y1 <= y0:
             continue
-        cam = np.frombuffer(stored.cam, np.uint8).reshape(stored.cam_rows, stored.cam_columns) / 255.0
-        layer[y0:y1, x0:x1] = imaging.heatmap_rgba(cam, (x1 - x0, y1 - y0))
+        layer[y0:y1, x0:x1] = imaging.heatmap_rgba(_cam(stored), (x1 - x0, y1 - y0))
     return imaging.png(layer, compress_level=6)
-
-
-def _png(data: bytes) -> Response:
-    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, no-store"})

@@ -10,27 +10,14 @@ from fhir.resources.R4B.bundle import Bundle
 from cds_daemon.egress.fhir_bundle import DICOM_UID, PRIVATE_SYSTEM, transaction
 from cds_daemon.egress.hl7_message import OrderNumbers
 from cds_daemon.egress.sr_content import Coded, SRContent
+from tests.support.results import sr_content
 
 NOW = datetime.datetime(2026, 12, 2, 10, 30, 0).astimezone()
 MALIGNANT = Coded("21594007", "SCT", "Malignant")
 
 
 def _content(**kw: object) -> SRContent:
-    base = SRContent(
-        sop_instance_uid="2.25.7",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
-        study_instance_uid="1.2.3",
-        verified=False,
-        content_datetime="20261202102900",
-        patient_id="P1",
-        patient_name="Doe^Jane Ann",
-        birth_date="19700101",
-        sex="F",
-        accession="A1",
-    )
-    for key, value in kw.items():
-        setattr(base, key, value)
-    return base
+    return sr_content(sop_instance_uid="2.25.7", **kw)
 
 
 def _of(bundle: Bundle, kind: str) -> list[object]:

@@ -11,6 +11,7 @@ from hl7apy.parser import parse_message
 from cds_daemon.common.config import Destination
 from cds_daemon.egress.hl7_message import OrderNumbers, control_id, escape, oru_r01, result_status
 from cds_daemon.egress.sr_content import Coded, SRContent
+from tests.support.results import sr_content
 
 LIS = Destination(name="lis", kind="hl7", host="127.0.0.1", port=2575)
 NOW = datetime.datetime(2026, 12, 2, 10, 30, 0)
@@ -19,22 +20,7 @@ BENIGN = Coded("30807003", "SCT", "Benign")
 
 
 def _content(**kw: object) -> SRContent:
-    base = SRContent(
-        sop_instance_uid="2.25.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
-        study_instance_uid="1.2.3",
-        verified=False,
-        content_datetime="20261202102900",
-        patient_id="P1",
-        patient_name="O'Brien^Mary Ann^^Dr^PhD",
-        birth_date="19700101",
-        sex="F",
-        accession="ACC|1",
-        specimen="FNA-A",
-    )
-    for key, value in kw.items():
-        setattr(base, key, value)
-    return base
+    return sr_content(**kw)
 
 
 def _valid(text: str) -> object:
